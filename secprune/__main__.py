@@ -1,0 +1,5 @@
+import sys
+
+from secprune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""Calibration windows and their split across clients (data -> calibration in the pipeline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from secprune import data, partition
+from secprune.config import PruneConfig
+from secprune.model import UsageError
+
+
+@dataclass
+class Calibration:
+    windows: torch.Tensor  # (n, seqlen) token ids
+    parts: list[np.ndarray]  # window indices held by each client
+    sources: list[str]  # source name of each window
+    info: dict  # what the summary records (no text)
+
+
+def _source_ids(name: str, tokenizer) -> torch.Tensor:
+    return data.tokenize(tokenizer, data.corpus_text(name, "train"), cache_key=name.replace(":", "_").replace("/", "_"))
+
+
+def build(cfg: PruneConfig, tokenizer) -> Calibration:
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.client_data:  # each client's own private text: nsamples // m windows from it
+        per = cfg.nsamples // len(cfg.client_data)
+        wins, parts, sources = [], [], []
+        for i, path in enumerate(cfg.client_data):
+            ids = data.tokenize(tokenizer, data.read_text_path(Path(path)), cache_key=f"client{i}")
+            wins.append(data.sample_windows(ids, n=per, seqlen=cfg.seqlen, rng=rng))
+            parts.append(np.arange(i * per, (i + 1) * per))
+            sources += [f"client{i}"] * per
+        info = {"partition": "client-data", "clients": len(parts), "windows_per_client": per}
+        return Calibration(torch.cat(wins), parts, sources, info)
+
+    names = [s.strip() for s in cfg.calib.split(",") if s.strip()]
+    if cfg.partition == "dirichlet" and len(names) < 2:
+        if names == ["brown"]:
+            names = [f"brown:{g}" for g in data.BROWN_GENRES.values()]
+        else:
+            raise UsageError("--partition dirichlet needs several sources in --calib (e.g. "
+                             "'ptb,wiki-lead,brown' or 'brown' for its 15 genres)")
+    counts = [len(a) for a in np.array_split(np.arange(cfg.nsamples), len(names))]
+    wins, sources = [], []
+    for name, n in zip(names, counts):
+        if n:
+            wins.append(data.sample_windows(_source_ids(name, tokenizer), n=n, seqlen=cfg.seqlen, rng=rng))
+            sources += [name] * n
+    windows = torch.cat(wins)
+    if cfg.partition == "iid":
+        parts = partition.iid(len(windows), cfg.clients, rng=rng)
+    else:
+        parts = partition.dirichlet(np.array(sources), cfg.clients, alpha=cfg.alpha, rng=rng)
+    per_client = [{s: int(sum(1 for j in p if sources[j] == s)) for s in names} for p in parts]
+    info = {"partition": cfg.partition, "sources": names, "clients": len(parts),
+            "windows_per_client": [len(p) for p in parts], "source_mix_per_client": per_client}
+    return Calibration(windows, parts, sources, info)
+
+
+def eval_set(name: str, tokenizer, *, seqlen: int, max_windows: int | None) -> torch.Tensor:
+    ids = data.tokenize(tokenizer, data.corpus_text(name, "test"), cache_key=f"{name}-test")
+    return data.eval_windows(ids, seqlen=seqlen, max_windows=max_windows or None)

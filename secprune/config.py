@@ -1,0 +1,99 @@
+"""Run configuration: one dataclass, filled from defaults, then a TOML file, then CLI flags."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import tomllib
+
+from secprune.model import UsageError
+from secprune.topk import GROUPS
+
+
+@dataclass
+class PruneConfig:
+    model: str = "smollm2-135m"
+    algorithm: str = "fedprllm"
+    method: str = "wanda"
+    sparsegpt_update: bool = False
+    clients: int = 16
+    nsamples: int = 32
+    seqlen: int = 512
+    sparsity: float = 0.5
+    local_group: str = "row"
+    server_group: str = "layer"
+    strategy: str = "one-shot"
+    scaling: bool = False
+    partition: str = "iid"
+    alpha: float = 5.0
+    calib: str = "wiki-lead"
+    client_data: list[str] = field(default_factory=list)
+    seed: int = 0
+    device: str = "cpu"
+    eval: list[str] = field(default_factory=lambda: ["ptb", "wiki-lead"])
+    eval_windows: int = 32
+    eval_seqlen: int = 512
+    baselines: list[str] = field(default_factory=lambda: ["dense", "centralized", "local-only"])
+    local_only_clients: int = 4
+    save_client_masks: bool = False
+    secure_agg: str = "none"
+    secagg_neighbours: int = 0
+    batch_size: int = 8
+    out: str = "runs/prune"
+    overwrite: bool = False
+
+    def validate(self) -> PruneConfig:
+        from secprune.federated import STRATEGIES
+        from secprune.methods import METHODS
+        from secprune.secagg import BACKENDS
+
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise UsageError(msg)
+
+        need(0.0 < self.sparsity < 1.0, f"--sparsity must lie in (0, 1), got {self.sparsity}")
+        need(self.method in METHODS, f"--method: expected one of {', '.join(METHODS)}, got {self.method!r}")
+        need(self.algorithm in ("fedprllm",), f"--algorithm: expected fedprllm, got {self.algorithm!r}")
+        need(self.clients >= 1, f"--clients must be >= 1, got {self.clients}")
+        need(self.nsamples >= 1, f"--nsamples must be >= 1, got {self.nsamples}")
+        need(self.seqlen >= 2, f"--seqlen must be >= 2, got {self.seqlen}")
+        need(self.local_group in GROUPS, f"--local-group: expected one of {', '.join(GROUPS)}")
+        need(self.server_group in GROUPS, f"--server-group: expected one of {', '.join(GROUPS)}")
+        need(self.strategy in STRATEGIES, f"--strategy: expected one of {', '.join(STRATEGIES)}")
+        need(self.partition in ("iid", "dirichlet"), f"--partition: expected iid or dirichlet, got {self.partition!r}")
+        need(self.alpha > 0, f"--alpha must be > 0, got {self.alpha}")
+        n_clients = len(self.client_data) or self.clients
+        need(n_clients <= self.nsamples,
+             f"--clients {n_clients}: more clients than calibration samples (--nsamples {self.nsamples})")
+        need(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"),
+             f"--device: expected cpu or cuda, got {self.device!r}")
+        need(self.secure_agg in BACKENDS, f"--secure-agg: expected one of {', '.join(BACKENDS)}")
+        need(self.eval_windows >= 0, f"--eval-windows must be >= 0, got {self.eval_windows}")
+        for name in self.eval:
+            need(name in ("ptb", "wiki-lead"), f"--eval: expected ptb or wiki-lead, got {name!r}")
+        for b in self.baselines:
+            need(b in ("dense", "centralized", "local-only"),
+                 f"--baselines: expected dense, centralized or local-only, got {b!r}")
+        if self.client_data:
+            self.clients = len(self.client_data)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_toml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--config: {p} does not exist")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"--config: {p} is not valid TOML ({exc})") from exc
+    data = data.get("prune", data)
+    known = {f.name for f in fields(PruneConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise UsageError(f"--config: unknown keys {sorted(unknown)} in {p}")
+    return data

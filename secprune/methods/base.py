@@ -1,0 +1,33 @@
+"""What a local pruning method provides to the layer-by-layer driver.
+
+Statistics are gathered for all clients in one batched dense forward pass: ``accumulate`` receives
+the input ``x`` of a linear layer for a chunk of calibration windows and ``owner[b]``, the client that
+owns window ``b``, and adds each window's contribution to that client's slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LocalResult:
+    mask: torch.Tensor  # bool, True = pruned (FedPrLLM's M_ij = 1)
+    weight: torch.Tensor | None = None  # updated weights (SparseGPT's OBS update), else None
+
+
+class Method:
+    name = "base"
+    needs_data = True
+
+    def new_stats(self, *, n_clients: int, in_features: int, device: torch.device) -> torch.Tensor | None:
+        return None
+
+    def accumulate(self, stats: torch.Tensor, x: torch.Tensor, owner: torch.Tensor) -> None:
+        return None
+
+    def prune(self, weight: torch.Tensor, stats: torch.Tensor | None, *, sparsity: float, group: str,
+              prio: torch.Tensor) -> LocalResult:
+        raise NotImplementedError

@@ -1,0 +1,132 @@
+"""Explicit byte formats of every protocol message.
+
+Every message starts with a 20-byte big-endian header::
+
+    magic "SA" (2) | version (1) | type (1) | round id (8) | sender id (4) | receiver id (4)
+
+followed by a type-specific payload.  Clients are ids 0..n-1; the server is ``SERVER`` and the HE key holder
+``KEY_HOLDER``.  Receivers check magic, version, type, round and receiver, and a :class:`ReplayGuard`
+rejects a second message of the same type from the same sender within a round.  Encrypted shares use the
+header of the forwarded message as AEAD associated data, which binds round, sender and receiver (Bonawitz
+et al., CCS 2017, Sec. 4, round "ShareKeys", where u || v is bound to each ciphertext).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from secprune.secagg.errors import ProtocolError
+
+__all__ = ["HEADER", "SERVER", "KEY_HOLDER", "MsgType", "Header", "encode", "decode", "ReplayGuard",
+           "Reader", "party_name"]
+
+MAGIC = b"SA"
+VERSION = 1
+HEADER = struct.Struct(">2sBBQII")
+SERVER = 0xFFFFFFFF
+KEY_HOLDER = 0xFFFFFFFE
+
+
+class MsgType(IntEnum):
+    ADVERTISE = 1  # client -> server: c_pk (32) | s_pk (32)
+    ROSTER = 2  # server -> client: count (4) | count x [id (4) | c_pk (32) | s_pk (32)]
+    SHARE_BUNDLE = 3  # client -> server: count (4) | count x [len (4) | SHARE message]
+    SHARE = 4  # client -> server -> client: nonce (12) | AEAD(u (4) | v (4) | x (2) | b-share | s-share)
+    MASKED = 5  # client -> server: bits (1) | n (8) | n*bits/8 packed bytes
+    UNMASK_REQUEST = 6  # server -> client: nd (4) | nd x id (4) | ns (4) | ns x id (4)
+    UNMASK_RESPONSE = 7  # client -> server: count (4) | count x [kind (1) | owner (4) | x (2) | share (16)]
+    HE_CONTEXT = 16  # key holder -> server -> client: serialized public TenSEAL context
+    HE_CIPHERTEXTS = 17  # client -> server, server -> key holder: base (8) | per_slot (1) | n (8) | cts
+    HE_RESULT = 18  # key holder -> server: bits (1) | n (8) | packed sum
+
+
+def party_name(party: int) -> str:
+    """Name of a party id in byte logs: ``client{i}``, ``server`` or ``keyholder``."""
+    if party == SERVER:
+        return "server"
+    if party == KEY_HOLDER:
+        return "keyholder"
+    return f"client{party}"
+
+
+@dataclass(frozen=True)
+class Header:
+    type: MsgType
+    round_id: int
+    sender: int
+    receiver: int
+
+    def pack(self) -> bytes:
+        return HEADER.pack(MAGIC, VERSION, int(self.type), self.round_id, self.sender, self.receiver)
+
+
+def encode(msg_type: MsgType, *, round_id: int, sender: int, receiver: int, payload: bytes = b"") -> bytes:
+    """Header followed by ``payload``."""
+    return Header(msg_type, round_id, sender, receiver).pack() + payload
+
+
+def decode(data: bytes, *, expect: MsgType, round_id: int, receiver: int | None = None) -> tuple[Header, bytes]:
+    """Parse and check a message's header; return (header, payload).  Raises :class:`ProtocolError`."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"message: expected bytes, got {type(data).__name__}")
+    if len(data) < HEADER.size:
+        raise ProtocolError(f"message: expected at least {HEADER.size} header bytes, got {len(data)}")
+    magic, version, mtype, rid, sender, recv = HEADER.unpack_from(data)
+    if magic != MAGIC or version != VERSION:
+        raise ProtocolError("message: bad magic or version")
+    if mtype != expect:
+        raise ProtocolError(f"message: expected type {expect.name}, got type {mtype}")
+    if rid != round_id:
+        raise ProtocolError(f"message: from round {rid:#018x}, expected round {round_id:#018x}")
+    if receiver is not None and recv != receiver:
+        raise ProtocolError(f"message: addressed to {party_name(recv)}, expected {party_name(receiver)}")
+    return Header(MsgType(mtype), rid, sender, recv), bytes(data[HEADER.size:])
+
+
+class ReplayGuard:
+    """Accept each (type, sender) at most once per round."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[int, int]] = set()
+
+    def check(self, header: Header) -> None:
+        key = (int(header.type), header.sender)
+        if key in self._seen:
+            raise ProtocolError(f"message: replayed {header.type.name} from {party_name(header.sender)}")
+        self._seen.add(key)
+
+
+class Reader:
+    """Sequential reader of a payload that raises :class:`ProtocolError` on truncation."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise ProtocolError("message: truncated payload")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return int.from_bytes(self.take(2), "big")
+
+    def u32(self) -> int:
+        return int.from_bytes(self.take(4), "big")
+
+    def u64(self) -> int:
+        return int.from_bytes(self.take(8), "big")
+
+    def rest(self) -> bytes:
+        return self.take(len(self.data) - self.pos)
+
+    def done(self) -> None:
+        if self.pos != len(self.data):
+            raise ProtocolError(f"message: {len(self.data) - self.pos} unexpected trailing bytes")

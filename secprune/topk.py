@@ -1,0 +1,71 @@
+"""Exactly-k selection inside comparison groups, with seeded tie-breaking.
+
+FedPrLLM (Sec. 2, Table 2) compares weights inside a *layer*, a *row* (one output neuron, as Wanda does)
+or a *column* (one input feature). In each group the ``k = int(sparsity * group_size)`` lowest scores are
+pruned. Scores tie often (the packaged SmolLM2 weights were 4-bit, and server vote counts are small
+integers), so ties are broken by a seeded random priority: we fuse (score, priority) into one unique
+int64 key and select with ``kthvalue``, which is O(n) where a full sort is O(n log n).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+GROUPS = ("layer", "row", "column")
+
+
+def priority(*, shape: tuple[int, int], group: str, seed: int, tag: str) -> torch.Tensor:
+    """Random tie-break priorities, unique within every group, from ``(seed, tag)``.
+
+    Returns an int64 tensor broadcastable to ``shape``: a permutation of the columns for row groups,
+    of the rows for column groups, of all entries for the layer group.
+    """
+    digest = hashlib.sha256(f"{seed}:{tag}".encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    rows, cols = shape
+    if group == "row":
+        return torch.randperm(cols, generator=gen).view(1, cols)
+    if group == "column":
+        return torch.randperm(rows, generator=gen).view(rows, 1)
+    if group == "layer":
+        return torch.randperm(rows * cols, generator=gen).view(rows, cols)
+    raise ValueError(f"comparison group must be one of {GROUPS}, got {group!r}")
+
+
+def ordered_key(score: torch.Tensor, prio: torch.Tensor) -> torch.Tensor:
+    """Map float scores to int64 keys that sort like the scores, ties ordered by ``prio``."""
+    s = score.to(torch.float32).contiguous()
+    if torch.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    bits = s.view(torch.int32)
+    # IEEE-754 trick: negative floats sort in reverse as signed ints; flipping their magnitude bits fixes it.
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    return bits * (1 << 31) + prio.to(score.device)
+
+
+def lowest_k_mask(score: torch.Tensor, *, sparsity: float, group: str, prio: torch.Tensor) -> torch.Tensor:
+    """Boolean mask (True = pruned) of the ``int(sparsity * group_size)`` lowest scores of every group."""
+    if score.dim() != 2:
+        raise ValueError(f"score must be 2-D, got shape {tuple(score.shape)}")
+    rows, cols = score.shape
+    key = ordered_key(score, prio)
+    if group == "row":
+        k = int(cols * sparsity)
+        if k == 0:
+            return torch.zeros_like(score, dtype=torch.bool)
+        thresh = key.kthvalue(k, dim=1, keepdim=True).values
+    elif group == "column":
+        k = int(rows * sparsity)
+        if k == 0:
+            return torch.zeros_like(score, dtype=torch.bool)
+        thresh = key.kthvalue(k, dim=0, keepdim=True).values
+    elif group == "layer":
+        k = int(rows * cols * sparsity)
+        if k == 0:
+            return torch.zeros_like(score, dtype=torch.bool)
+        thresh = key.view(-1).kthvalue(k).values
+    else:
+        raise ValueError(f"comparison group must be one of {GROUPS}, got {group!r}")
+    return key <= thresh  # keys are unique, so exactly k per group
