@@ -40,6 +40,13 @@ class PruneConfig:
     secure_agg: str = "none"
     secagg_neighbours: int = 0
     batch_size: int = 8
+    # --- FedSpaLLM (--algorithm fedspallm; see docs/fedspallm.md) ---
+    rounds: int = 1  # communication rounds (Algorithm 1)
+    expansion: bool = True  # adaptive mask expansion (Eqs. 6-7); --no-expansion keeps the clients' intersection
+    layer_sampling: bool = False  # resource-aware layer sampling (Eqs. 8-9)
+    resources: list[float] = field(default_factory=list)  # per-client fraction of layers per round, in (0, 1]
+    fixed_point_bits: int = 16  # secure Eq. 5 sums: scale = 2^bits / bound (bound = 2 max|W| per matrix)
+    # --- end FedSpaLLM ---
     out: str = "runs/prune"
     overwrite: bool = False
 
@@ -54,7 +61,8 @@ class PruneConfig:
 
         need(0.0 < self.sparsity < 1.0, f"--sparsity must lie in (0, 1), got {self.sparsity}")
         need(self.method in METHODS, f"--method: expected one of {', '.join(METHODS)}, got {self.method!r}")
-        need(self.algorithm in ("fedprllm",), f"--algorithm: expected fedprllm, got {self.algorithm!r}")
+        need(self.algorithm in ("fedprllm", "fedspallm"),
+             f"--algorithm: expected fedprllm or fedspallm, got {self.algorithm!r}")
         need(self.clients >= 1, f"--clients must be >= 1, got {self.clients}")
         need(self.nsamples >= 1, f"--nsamples must be >= 1, got {self.nsamples}")
         need(self.seqlen >= 2, f"--seqlen must be >= 2, got {self.seqlen}")
@@ -73,8 +81,24 @@ class PruneConfig:
         for name in self.eval:
             need(name in ("ptb", "wiki-lead"), f"--eval: expected ptb or wiki-lead, got {name!r}")
         for b in self.baselines:
-            need(b in ("dense", "centralized", "local-only"),
-                 f"--baselines: expected dense, centralized or local-only, got {b!r}")
+            need(b in ("dense", "centralized", "local-only", "random"),
+                 f"--baselines: expected dense, centralized, local-only or random, got {b!r}")
+        # --- FedSpaLLM ---
+        need(self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}")
+        need(1 <= self.fixed_point_bits <= 40, f"--fixed-point-bits must lie in [1, 40], got {self.fixed_point_bits}")
+        try:
+            self.resources = [float(r) for r in self.resources]
+        except (TypeError, ValueError):
+            raise UsageError(f"--resources: expected numbers in (0, 1], got {self.resources!r}") from None
+        for r in self.resources:
+            need(0.0 < r <= 1.0, f"--resources: each value must lie in (0, 1] (fraction of layers), got {r}")
+        need(len(self.resources) in (0, 1, len(self.client_data) or self.clients),
+             f"--resources: expected 1 value or one per client, got {len(self.resources)}")
+        need(self.algorithm == "fedspallm" or "random" not in self.baselines,
+             "--baselines random: only with --algorithm fedspallm")
+        if self.algorithm == "fedspallm":  # clients run SparseGPT with its OBS weight update (paper Sec. 5)
+            self.method, self.sparsegpt_update = "sparsegpt", True
+        # --- end FedSpaLLM ---
         if self.client_data:
             self.clients = len(self.client_data)
         return self

@@ -84,6 +84,10 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True) -> dict:
 
 
 def _run(cfg: PruneConfig, tmp: Path, partial: Path, *, progress: bool) -> dict:
+    if cfg.algorithm == "fedspallm":  # FedSpaLLM (docs/fedspallm.md)
+        from secprune.fedspallm.run import run_fedspallm
+
+        return run_fedspallm(cfg, tmp, partial, progress=progress)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model, tok = load_model(cfg.model, device=cfg.device)

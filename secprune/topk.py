@@ -37,35 +37,43 @@ def priority(*, shape: tuple[int, int], group: str, seed: int, tag: str) -> torc
 def ordered_key(score: torch.Tensor, prio: torch.Tensor) -> torch.Tensor:
     """Map float scores to int64 keys that sort like the scores, ties ordered by ``prio``."""
     s = score.to(torch.float32).contiguous()
-    if torch.isnan(s).any():
-        raise ValueError("scores contain NaN")
     bits = s.view(torch.int32)
     # IEEE-754 trick: negative floats sort in reverse as signed ints; flipping their magnitude bits fixes it.
     bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
     return bits * (1 << 31) + prio.to(score.device)
 
 
+def _kth(values: torch.Tensor, k: int, group: str) -> torch.Tensor:
+    if group == "row":
+        return values.kthvalue(k, dim=1, keepdim=True).values
+    if group == "column":
+        return values.kthvalue(k, dim=0, keepdim=True).values
+    return values.reshape(-1).kthvalue(k).values
+
+
+def group_size(shape: tuple[int, int], group: str) -> int:
+    rows, cols = shape
+    sizes = {"row": cols, "column": rows, "layer": rows * cols}
+    if group not in sizes:
+        raise ValueError(f"comparison group must be one of {GROUPS}, got {group!r}")
+    return sizes[group]
+
+
 def lowest_k_mask(score: torch.Tensor, *, sparsity: float, group: str, prio: torch.Tensor) -> torch.Tensor:
     """Boolean mask (True = pruned) of the ``int(sparsity * group_size)`` lowest scores of every group."""
     if score.dim() != 2:
         raise ValueError(f"score must be 2-D, got shape {tuple(score.shape)}")
-    rows, cols = score.shape
-    key = ordered_key(score, prio)
-    if group == "row":
-        k = int(cols * sparsity)
-        if k == 0:
-            return torch.zeros_like(score, dtype=torch.bool)
-        thresh = key.kthvalue(k, dim=1, keepdim=True).values
-    elif group == "column":
-        k = int(rows * sparsity)
-        if k == 0:
-            return torch.zeros_like(score, dtype=torch.bool)
-        thresh = key.kthvalue(k, dim=0, keepdim=True).values
-    elif group == "layer":
-        k = int(rows * cols * sparsity)
-        if k == 0:
-            return torch.zeros_like(score, dtype=torch.bool)
-        thresh = key.view(-1).kthvalue(k).values
-    else:
-        raise ValueError(f"comparison group must be one of {GROUPS}, got {group!r}")
-    return key <= thresh  # keys are unique, so exactly k per group
+    k = int(group_size(tuple(score.shape), group) * sparsity)
+    if k == 0:
+        return torch.zeros_like(score, dtype=torch.bool)
+    # Fast path: when no group has a tie at its threshold, the plain float selection is already the
+    # unique answer (priorities would not change it). Real-valued Wanda scores almost never tie.
+    s = score.to(torch.float32)
+    if torch.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    fast = s <= _kth(s, k, group)
+    counts = fast.sum(dim=1 if group == "row" else 0 if group == "column" else None)
+    if bool((counts == k).all()):
+        return fast
+    key = ordered_key(s, prio)
+    return key <= _kth(key, k, group)  # keys are unique, so exactly k per group

@@ -26,7 +26,7 @@ class ByteLog:
     current: str | None = None  # label of the round being logged
 
     def start_round(self, key: str) -> None:
-        """Open a new round; its bytes are also logged under ``per_round[label]`` (label = key, made unique)."""
+        """Open a round; its bytes also go to ``per_round[label]`` (label = key, made unique)."""
         self.rounds += 1
         label = key if key not in self.per_round else f"{key}#{self.rounds}"
         self.per_round[label] = {"sent": defaultdict(int), "received": defaultdict(int)}
@@ -40,7 +40,8 @@ class ByteLog:
             self.per_round[self.current]["received"][receiver] += nbytes
 
     def summary(self) -> dict:
-        per_round = {k: {"sent": dict(v["sent"]), "received": dict(v["received"])} for k, v in self.per_round.items()}
+        per_round = {k: {"sent": dict(v["sent"]), "received": dict(v["received"])}
+                     for k, v in self.per_round.items()}
         return {"rounds": self.rounds, "sent": dict(self.sent), "received": dict(self.received),
                 "total_bytes": int(sum(self.sent.values())), "per_round": per_round}
 
@@ -60,6 +61,9 @@ class SecureSum:
         self.entries = 0  # entries per client summed so far (all rounds)
 
     def sum(self, key: str, vectors: Sequence[np.ndarray]) -> np.ndarray:
+        if not isinstance(key, str):
+            raise ValueError(f"key: expected a str naming the round (layer), got {type(key).__name__}")
+        vectors = [np.asarray(v) for v in vectors]
         if len(vectors) != self.n_clients:
             raise ValueError(f"expected {self.n_clients} client vectors, got {len(vectors)}")
         n = vectors[0].size

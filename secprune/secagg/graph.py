@@ -21,7 +21,8 @@ def default_degree(n_clients: int) -> int:
     return min(n_clients - 1, 2 * max(1, math.ceil(math.log2(max(2, n_clients)))))
 
 
-def neighbour_graph(n_clients: int, *, degree: int | str | None = None, seed: int = 0) -> list[frozenset[int]]:
+def neighbour_graph(n_clients: int, *, degree: int | str | None = None,
+                    seed: int = 0) -> list[frozenset[int]]:
     """Neighbour sets of clients 0..n-1: complete for ``degree`` None (or >= n-1), else k-regular.
 
     ``degree="log"`` picks :func:`default_degree`.

@@ -38,7 +38,7 @@ from secprune.secagg.ring import pack, packed_size, ring_bits, unpack
 
 __all__ = ["HEConfig", "KeyHolder", "HEClient", "HEServer", "HESum", "batching_prime", "slot_packing"]
 
-_POLY_DEGREES = (2048, 4096, 8192, 16384, 32768)
+_POLY_DEGREES = (4096, 8192, 16384, 32768)  # TenSEAL needs key switching: N >= 4096
 
 
 def _ts():
@@ -48,7 +48,8 @@ def _ts():
 
 
 def batching_prime(*, bits: int, poly_modulus_degree: int) -> int:
-    """Largest prime t < 2^bits with t = 1 mod 2N (so BFV batching gives N slots; SEAL PlainModulus::Batching)."""
+    """Largest prime t < 2^bits with t = 1 mod 2N, so BFV batching gives N slots (cf. SEAL's
+    PlainModulus::Batching)."""
     from Crypto.Util.number import isPrime
 
     step = 2 * poly_modulus_degree
@@ -67,8 +68,8 @@ def slot_packing(*, n_clients: int, max_value: int, plain_modulus: int) -> tuple
     while base ** (per_slot + 1) <= plain_modulus and per_slot < 62:
         per_slot += 1
     if per_slot == 0:
-        raise ValueError(f"plain_modulus_bits: plain modulus {plain_modulus} cannot hold a sum of {n_clients} "
-                         f"entries <= {max_value}; raise plain_modulus_bits")
+        raise ValueError(f"plain_modulus_bits: plain modulus {plain_modulus} cannot hold a sum of "
+                         f"{n_clients} entries <= {max_value}; raise plain_modulus_bits")
     return base, per_slot
 
 
@@ -108,12 +109,14 @@ class HEConfig:
 
     @property
     def packing(self) -> tuple[int, int]:
-        return slot_packing(n_clients=self.n_clients, max_value=self.max_value, plain_modulus=self.plain_modulus)
+        return slot_packing(n_clients=self.n_clients, max_value=self.max_value,
+                            plain_modulus=self.plain_modulus)
 
     @property
     def n_ciphertexts(self) -> int:
         _, per_slot = self.packing
-        return -(-(-(-self.length // per_slot)) // self.poly_modulus_degree)
+        slots = -(-self.length // per_slot)
+        return -(-slots // self.poly_modulus_degree)
 
 
 def _ciphertexts_payload(cfg: HEConfig, cts: Iterable[bytes]) -> bytes:
@@ -150,7 +153,8 @@ class KeyHolder:
 
     def __init__(self, *, poly_modulus_degree: int = 4096, plain_modulus_bits: int = 40) -> None:
         if poly_modulus_degree not in _POLY_DEGREES:
-            raise ValueError(f"poly_modulus_degree: expected one of {_POLY_DEGREES}, got {poly_modulus_degree}")
+            raise ValueError(f"poly_modulus_degree: expected one of {_POLY_DEGREES}, "
+                             f"got {poly_modulus_degree}")
         if not 17 <= plain_modulus_bits <= 60:
             raise ValueError(f"plain_modulus_bits: expected 17..60, got {plain_modulus_bits}")
         ts = _ts()
@@ -181,10 +185,14 @@ class KeyHolder:
         parts = [np.mod(np.asarray(_load(self._ctx, c, "aggregate").decrypt(), dtype=np.int64), t)
                  for c in _read_ciphertexts(cfg, payload, "aggregate")]
         slots = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        if slots.size and int(slots.max()) >= base**per_slot:  # a sum of valid uploads is < B^P <= t
+            raise ProtocolError("aggregate: decrypted slot out of range (malformed upload or noise overflow)")
         total = decode_slots(slots, base=base, per_slot=per_slot, n=cfg.length)
         bits = ring_bits(n_clients=cfg.n_clients, max_value=cfg.max_value)
+        self._guard.mark(header)
         return encode(MsgType.HE_RESULT, round_id=cfg.round_id, sender=KEY_HOLDER, receiver=SERVER,
-                      payload=bytes([bits]) + cfg.length.to_bytes(8, "big") + pack(total.astype(np.uint64), bits))
+                      payload=bytes([bits]) + cfg.length.to_bytes(8, "big")
+                      + pack(total.astype(np.uint64), bits))
 
 
 class HEClient:
@@ -207,7 +215,8 @@ class HEClient:
         base, per_slot = cfg.packing
         slots = encode_slots(vector, base=base, per_slot=per_slot)
         ts, deg = _ts(), cfg.poly_modulus_degree
-        cts = (ts.bfv_vector(self._ctx, slots[i:i + deg].tolist()).serialize() for i in range(0, slots.size, deg))
+        cts = (ts.bfv_vector(self._ctx, slots[i:i + deg].tolist()).serialize()
+               for i in range(0, slots.size, deg))
         return encode(MsgType.HE_CIPHERTEXTS, round_id=cfg.round_id, sender=self.id, receiver=SERVER,
                       payload=_ciphertexts_payload(cfg, cts))
 
@@ -237,6 +246,7 @@ class HEServer:
         else:
             for acc, ct in zip(self._acc, cts, strict=True):
                 acc += ct
+        self._guard.mark(header)
         self.uploaded.append(header.sender)
 
     def aggregate(self) -> bytes:
@@ -247,7 +257,8 @@ class HEServer:
                       payload=_ciphertexts_payload(self.cfg, (c.serialize() for c in self._acc)))
 
     def result(self, message: bytes) -> np.ndarray:
-        header, payload = decode(message, expect=MsgType.HE_RESULT, round_id=self.cfg.round_id, receiver=SERVER)
+        header, payload = decode(message, expect=MsgType.HE_RESULT, round_id=self.cfg.round_id,
+                                 receiver=SERVER)
         if header.sender != KEY_HOLDER:
             raise ProtocolError(f"result: expected from the key holder, got {party_name(header.sender)}")
         self._guard.check(header)
@@ -257,6 +268,7 @@ class HEServer:
             raise ProtocolError(f"result: expected {self.cfg.length} entries, got {n}")
         out = unpack(r.take(packed_size(n, bits)), bits, n).astype(np.int64)
         r.done()
+        self._guard.mark(header)
         return out
 
 
@@ -282,7 +294,8 @@ class HESum(SecureSum):
                                                 plain_modulus=self.key_holder.plain_modulus)
         unknown = set(dropouts or {}) - {"upload"}
         if unknown:
-            raise ValueError(f"dropouts: the he backend supports only the 'upload' stage, got {sorted(unknown)}")
+            raise ValueError(f"dropouts: the he backend supports only the 'upload' stage, "
+                             f"got {sorted(unknown)}")
         self.dropped = {int(i) for i in (dropouts or {}).get("upload", ())}
         if any(not 0 <= i < n_clients for i in self.dropped):
             raise ValueError(f"dropouts: client ids must lie in 0..{n_clients - 1}")

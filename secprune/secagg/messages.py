@@ -67,7 +67,8 @@ def encode(msg_type: MsgType, *, round_id: int, sender: int, receiver: int, payl
     return Header(msg_type, round_id, sender, receiver).pack() + payload
 
 
-def decode(data: bytes, *, expect: MsgType, round_id: int, receiver: int | None = None) -> tuple[Header, bytes]:
+def decode(data: bytes, *, expect: MsgType, round_id: int,
+           receiver: int | None = None) -> tuple[Header, bytes]:
     """Parse and check a message's header; return (header, payload).  Raises :class:`ProtocolError`."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError(f"message: expected bytes, got {type(data).__name__}")
@@ -86,16 +87,19 @@ def decode(data: bytes, *, expect: MsgType, round_id: int, receiver: int | None 
 
 
 class ReplayGuard:
-    """Accept each (type, sender) at most once per round."""
+    """Accept each (type, sender) at most once per round: ``check`` before processing a message, ``mark``
+    once it was processed successfully (so a forged message cannot lock out the genuine one)."""
 
     def __init__(self) -> None:
         self._seen: set[tuple[int, int]] = set()
 
     def check(self, header: Header) -> None:
-        key = (int(header.type), header.sender)
-        if key in self._seen:
+        if (int(header.type), header.sender) in self._seen:
             raise ProtocolError(f"message: replayed {header.type.name} from {party_name(header.sender)}")
-        self._seen.add(key)
+
+    def mark(self, header: Header) -> None:
+        self.check(header)
+        self._seen.add((int(header.type), header.sender))
 
 
 class Reader:

@@ -172,7 +172,7 @@ class PairwiseClient:
                       payload=_pub(self._c_sk) + _pub(self._s_sk))
 
     def share_keys(self, roster: bytes) -> bytes:
-        """Round 1: read the neighbours' keys, return the bundle of encrypted shares for the server to route."""
+        """Round 1: read the neighbours' keys; return the bundle of encrypted shares for the server."""
         self._expect("share")
         header, payload = decode(roster, expect=MsgType.ROSTER, round_id=self.cfg.round_id, receiver=self.id)
         if header.sender != SERVER:
@@ -185,6 +185,7 @@ class PairwiseClient:
                 raise ProtocolError(f"roster: invalid neighbour id {v}")
             self._roster[v] = (c_pk, s_pk)
         r.done()
+        self._guard.mark(header)
         holders = sorted([self.id, *self._roster])
         if len(holders) < self.cfg.threshold:
             raise SecAggAbortError(f"client {self.id}: only {len(holders)} share holders, fewer than the "
@@ -229,6 +230,7 @@ class PairwiseClient:
         if owner != u or holder != self.id or x < 1:
             raise ProtocolError("share: ids inside the ciphertext do not match the header")
         self._shares[u] = (x, pt[_SHARE_PT.size:_SHARE_PT.size + SEED], pt[_SHARE_PT.size + SEED:])
+        self._guard.mark(header)
 
     def masked_input(self, vector: np.ndarray) -> bytes:
         """Round 2: y_u = x_u + PRG(b_u) + sum_v sign(u, v) PRG(s_uv) mod 2^b, packed in b bits per entry."""
@@ -265,6 +267,7 @@ class PairwiseClient:
         if self.id not in survivors or len(survivors) < self.cfg.threshold:
             raise SecAggAbortError(f"client {self.id}: unmask request lists {len(survivors)} survivors, "
                                    f"fewer than t={self.cfg.threshold} or without this client; round aborted")
+        self._guard.mark(header)
         self._stage = "done"
         out = []
         for owner in sorted(self._shares):
@@ -280,7 +283,8 @@ class PairwiseClient:
 class PairwiseServer:
     """The server's state machine for one round: routes shares, adds uploads, removes masks."""
 
-    def __init__(self, config: RoundConfig, graph: list[frozenset[int]], *, prg: MaskPRG | None = None) -> None:
+    def __init__(self, config: RoundConfig, graph: list[frozenset[int]], *,
+                 prg: MaskPRG | None = None) -> None:
         if len(graph) != config.n_clients:
             raise ValueError(f"graph: expected {config.n_clients} neighbour sets, got {len(graph)}")
         self.cfg = config
@@ -295,20 +299,27 @@ class PairwiseServer:
         self._shares: dict[tuple[int, int], dict[int, bytes]] = {}  # (kind, owner) -> {x: share}
         self.responded: list[int] = []  # U4
 
+    @property
+    def sharers(self) -> list[int]:
+        """U2: the clients whose share bundles arrived."""
+        return sorted(self._bundles)
+
     def _abort_if_few(self, alive: Iterable[int], stage: str) -> None:
         alive = list(alive)
         if len(alive) < self.cfg.threshold:
-            raise SecAggAbortError(f"secure aggregation aborted at {stage}: {len(alive)} clients left, fewer than "
-                                   f"the threshold t={self.cfg.threshold}")
+            raise SecAggAbortError(f"secure aggregation aborted at {stage}: {len(alive)} clients left, "
+                                   f"fewer than the threshold t={self.cfg.threshold}")
 
     def receive_advertisement(self, message: bytes) -> None:
-        header, payload = decode(message, expect=MsgType.ADVERTISE, round_id=self.cfg.round_id, receiver=SERVER)
+        header, payload = decode(message, expect=MsgType.ADVERTISE, round_id=self.cfg.round_id,
+                                 receiver=SERVER)
         if header.sender >= self.cfg.n_clients:
             raise ProtocolError(f"advertisement: unknown client id {header.sender}")
         self._guard.check(header)
         if len(payload) != 64:
             raise ProtocolError(f"advertisement: expected 64 key bytes, got {len(payload)}")
         self.keys[header.sender] = (payload[:32], payload[32:])
+        self._guard.mark(header)
 
     def rosters(self) -> dict[int, bytes]:
         """Each advertiser gets the keys of its advertising neighbours."""
@@ -339,6 +350,7 @@ class PairwiseServer:
             routed.append((h.receiver, blob))
         r.done()
         self._bundles[u] = routed
+        self._guard.mark(header)
 
     def close_shares(self) -> dict[int, list[bytes]]:
         """Route the encrypted shares to the clients of U2 (a forwarded SHARE message is unchanged)."""
@@ -365,6 +377,7 @@ class PairwiseServer:
         data = r.take(packed_size(n, bits))
         r.done()
         np.add(self._acc, unpack(data, bits, n), out=self._acc)
+        self._guard.mark(header)
         self.uploaded.append(u)
 
     def close_masked(self) -> dict[int, bytes]:
@@ -384,13 +397,18 @@ class PairwiseServer:
             raise ProtocolError(f"unmask response: {party_name(header.sender)} was not asked")
         self._guard.check(header)
         r = Reader(payload)
+        entries = []
         for _ in range(r.u32()):
             kind, owner, x, share = r.u8(), r.u32(), r.u16(), r.take(SEED)
             expected = _KIND_SELF if owner in self.uploaded else _KIND_KEY if owner in self._dropped else None
             if kind != expected:
-                raise ProtocolError(f"unmask response from client {header.sender}: unexpected share of {owner}")
-            self._shares.setdefault((kind, owner), {})[x] = share
+                raise ProtocolError(f"unmask response from client {header.sender}: unexpected share of "
+                                    f"client {owner}")
+            entries.append((kind, owner, x, share))
         r.done()
+        for kind, owner, x, share in entries:
+            self._shares.setdefault((kind, owner), {})[x] = share
+        self._guard.mark(header)
         self.responded.append(header.sender)
 
     def _recover(self, kind: int, owner: int) -> bytes:
@@ -440,8 +458,9 @@ class PairwiseSum(SecureSum):
 
     name = "pairwise"
 
-    def __init__(self, *, n_clients: int, max_value: int = 1, seed: int = 0, neighbours: int | str | None = None,
-                 threshold: int | None = None, bits: int | None = None, cipher: str = "aes-ctr",
+    def __init__(self, *, n_clients: int, max_value: int = 1, seed: int = 0,
+                 neighbours: int | str | None = None, threshold: int | None = None, bits: int | None = None,
+                 cipher: str = "aes-ctr",
                  aead: str = "aes-gcm", dropouts: DropoutSpec = None) -> None:
         super().__init__(n_clients=n_clients, max_value=max_value)
         if not isinstance(max_value, (int, np.integer)) or max_value < 1:
@@ -449,8 +468,8 @@ class PairwiseSum(SecureSum):
         need = ring_bits(n_clients=n_clients, max_value=max_value)
         self.bits = need if bits is None else int(bits)
         if not need <= self.bits <= 64:
-            raise ValueError(f"bits: expected {need}..64 for {n_clients} clients with entries <= {max_value}, "
-                             f"got {bits}")
+            raise ValueError(f"bits: expected {need}..64 for {n_clients} clients with entries "
+                             f"<= {max_value}, got {bits}")
         self.seed = seed
         self.neighbours = neighbours
         self._graph0 = neighbour_graph(n_clients, degree=neighbours, seed=seed)  # validates ``neighbours``
@@ -510,7 +529,7 @@ class PairwiseSum(SecureSum):
             for blob in blobs:
                 clients[i].receive_share(self._send(SERVER, i, blob))
         gone |= drop["upload"]
-        for i in sorted(set(server._bundles) - gone):
+        for i in sorted(set(server.sharers) - gone):
             server.receive_masked(self._send(i, SERVER, clients[i].masked_input(vectors[i])))
         requests = server.close_masked()
         gone |= drop["unmask"]

@@ -1,0 +1,59 @@
+"""Calibration sampling, client partitions and perplexity protocol."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from secprune import data, partition
+from secprune.evaluate import perplexity
+from secprune.model import UsageError
+
+
+def test_iid_equal_contiguous_shares_cover_everything():
+    parts = partition.iid(10, 4, rng=np.random.default_rng(0))
+    assert sorted(len(p) for p in parts) == [2, 2, 3, 3]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(10))
+
+
+def test_dirichlet_covers_everything_and_skews_sources():
+    sources = np.repeat(np.arange(3), 40)
+    parts = partition.dirichlet(sources, 6, alpha=0.1, rng=np.random.default_rng(0))
+    assert sorted(np.concatenate(parts).tolist()) == list(range(120)) and all(len(p) for p in parts)
+    # small alpha: most clients are dominated by one source; large alpha: mixed
+    dominant = [np.bincount(sources[p], minlength=3).max() / len(p) for p in parts]
+    mixed = partition.dirichlet(sources, 6, alpha=1000.0, rng=np.random.default_rng(0))
+    dominant_mixed = [np.bincount(sources[p], minlength=3).max() / len(p) for p in mixed]
+    assert np.mean(dominant) > 0.8 and np.mean(dominant_mixed) < 0.5
+
+
+def test_partition_errors():
+    with pytest.raises(UsageError, match="more clients"):
+        partition.iid(3, 4, rng=np.random.default_rng(0))
+    with pytest.raises(UsageError, match="alpha"):
+        partition.dirichlet(np.zeros(5), 2, alpha=0.0, rng=np.random.default_rng(0))
+
+
+def test_windows_are_seeded_slices_of_the_stream():
+    ids = torch.arange(1000)
+    a = data.sample_windows(ids, n=5, seqlen=64, rng=np.random.default_rng(1))
+    b = data.sample_windows(ids, n=5, seqlen=64, rng=np.random.default_rng(1))
+    assert torch.equal(a, b)
+    assert ((a[:, 1:] - a[:, :-1]) == 1).all()  # contiguous tokens
+    ev = data.eval_windows(ids, seqlen=300, max_windows=None)
+    assert ev.shape == (3, 300) and torch.equal(ev.reshape(-1), ids[:900])
+    assert data.eval_windows(ids, seqlen=300, max_windows=2).shape == (2, 300)
+
+
+def test_perplexity_equals_exp_mean_token_nll(model, windows):
+    with torch.no_grad():
+        logp = torch.log_softmax(model(windows).logits[:, :-1].double(), -1)
+    nll = -logp.gather(-1, windows[:, 1:, None]).squeeze(-1)
+    expected = math.exp(nll.mean().item())
+    assert perplexity(model, windows, batch_size=3, progress=False) == pytest.approx(expected, rel=1e-4)
+
+
+def test_brown_tags_are_stripped():
+    text = data._TAG.sub("", "The/at Fulton/np-tl County/nn-tl said/vbd ./.")
+    assert text == "The Fulton County said ."

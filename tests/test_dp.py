@@ -1,0 +1,93 @@
+"""Defence mechanisms and their accounting (secprune.dp)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from secprune import dp
+
+
+def test_flip_probability_and_rr_rate():
+    assert dp.flip_probability(0.0) == pytest.approx(0.5)
+    assert dp.flip_probability(math.log(3)) == pytest.approx(0.25)
+    assert dp.flip_probability(math.inf) == 0.0
+    mask = torch.zeros(200_000, dtype=torch.bool)
+    out = dp.randomized_response(mask, math.log(3), generator=torch.Generator().manual_seed(0))
+    assert out.float().mean().item() == pytest.approx(0.25, abs=0.005)
+
+
+def test_rr_rdp_limits_and_composition():
+    eps = 1.0
+    # D_inf of one RR bit is eps; large orders approach it from below
+    assert dp.rr_rdp(eps, [1e6])[0] == pytest.approx(eps, rel=1e-3)
+    vals = dp.rr_rdp(eps, [1.5, 2, 4, 16])
+    assert np.all(np.diff(vals) > 0) and np.all(vals <= eps + 1e-9)
+    # order 2 by hand: log((1-q)^2/q + q^2/(1-q))
+    q = dp.flip_probability(eps)
+    assert dp.rr_rdp(eps, 2.0)[0] == pytest.approx(math.log((1 - q) ** 2 / q + q ** 2 / (1 - q)))
+    res = dp.rr_epsilon(0.01, h=10_000, delta=1e-5)
+    assert res["eps_pure"] == pytest.approx(100.0)
+    assert res["eps_rdp"] < res["eps_pure"]  # RDP composition is tighter for many bits
+
+
+def test_skellam_rdp_matches_gaussian_limit():
+    lam = 2000.0  # variance 4000
+    for a in (2.0, 8.0):
+        assert dp.skellam_rdp(lam, a)[0] == pytest.approx(a / (2 * 2 * lam), rel=0.02)
+    # more noise, less privacy loss; more differing bits, more loss
+    e1 = dp.skellam_epsilon(10.0, h=1, delta=1e-5)["eps"]
+    e2 = dp.skellam_epsilon(100.0, h=1, delta=1e-5)["eps"]
+    e3 = dp.skellam_epsilon(100.0, h=50, delta=1e-5)["eps"]
+    assert e2 < e1 and e3 > e2
+
+
+def test_gaussian_epsilon_uses_opacus_rdp():
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    r = dp.gaussian_epsilon(sigma=20.0, h=4, delta=1e-5)
+    assert r["noise_multiplier"] == pytest.approx(10.0)
+    assert compute_rdp(q=1.0, noise_multiplier=10.0, steps=1, orders=[2.0]) == pytest.approx(2.0 / (2 * 100))
+    # classical bound sqrt(2 ln(1.25/delta)) / z is looser than the RDP one
+    assert r["eps"] < math.sqrt(2 * math.log(1.25 / 1e-5)) / 10.0 + 1e-9
+    assert dp.gaussian_epsilon(sigma=20.0, h=400, delta=1e-5)["eps"] > r["eps"]
+
+
+def test_lam_for_epsilon_inverts():
+    lam = dp.lam_for_epsilon(2.0, h=10, delta=1e-5)
+    assert dp.skellam_epsilon(lam, h=10, delta=1e-5)["eps"] <= 2.0 + 1e-9
+    assert dp.skellam_epsilon(lam / 1.05, h=10, delta=1e-5)["eps"] > 2.0 - 0.05
+
+
+def test_noisy_secure_sum_inside_secure_summation():
+    from secprune.secagg import make_summer
+
+    rng = np.random.default_rng(0)
+    m, d, lam = 5, 20_000, 8.0
+    vecs = [rng.integers(0, 2, size=d).astype(np.uint8) for _ in range(m)]
+    plain = np.sum(vecs, axis=0).astype(np.int64)
+    noisy = dp.noisy_secure_sum(vecs, lam=lam, rng=rng)
+    diff = noisy - plain
+    assert abs(diff.mean()) < 0.1 and diff.var() == pytest.approx(2 * lam, rel=0.05)
+    bound = int(math.ceil(14 * math.sqrt(2 * lam / m) + 4))
+    summer = make_summer("none", n_clients=m, max_value=1 + 2 * bound)
+    noisy2 = dp.noisy_secure_sum(vecs, lam=lam, rng=np.random.default_rng(1), summer=summer)
+    assert (noisy2 - plain).var() == pytest.approx(2 * lam, rel=0.05)
+
+
+def test_noisy_counts_from_masks_rr_and_skellam():
+    from secprune.masks import MaskSet
+
+    ms = MaskSet(3)
+    g = torch.Generator().manual_seed(0)
+    for i in range(3):
+        ms.put("layers.0.q", i, torch.rand(50, 40, generator=g) < 0.5)
+    exact = sum(ms.get(i, "layers.0.q").to(torch.int64) for i in range(3))
+    rng = np.random.default_rng(0)
+    same = dp.noisy_counts_from_masks(ms, "layers.0.q", dp.Mechanism("rr", math.inf), rng=rng)
+    assert torch.equal(same, exact)
+    noisy = dp.noisy_counts_from_masks(ms, "layers.0.q", dp.Mechanism("skellam", 4.0), rng=rng)
+    assert noisy.shape == exact.shape and not torch.equal(noisy, exact)
+    with pytest.raises(ValueError):
+        dp.noisy_counts_from_masks(ms, "layers.0.q", dp.Mechanism("laplace", 1.0), rng=rng)

@@ -1,0 +1,196 @@
+"""FedSpaLLM rounds on a tiny random LLaMA: one client == SparseGPT, exact sparsity, sampling, secure sums, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from secprune.capture import first_layer_inputs
+from secprune.federated import LocalSpec, federated_prune
+from secprune.fedspallm import FedSpaSpec, fedspallm_prune, target_pruned
+from secprune.methods import SparseGPT
+from secprune.model import all_prunable, decoder_layers, prunable_linears
+from secprune.topk import priority
+
+
+def tiny_model(layers=2, seed=0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=256, max_position_embeddings=128)
+    model = LlamaForCausalLM(cfg).eval()
+    model.config.use_cache = False
+    return model
+
+
+def windows(n=9, seqlen=16, seed=0):
+    return torch.randint(0, 256, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def split(n, m):
+    return [np.asarray(a) for a in np.array_split(np.arange(n), m)]
+
+
+@torch.no_grad()
+def reference_sparsegpt(model, wins, *, sparsity, group, seed, batch_size=8):
+    """Plain sequential SparseGPT with OBS update, Hessians from full-model forwards (independent of the driver)."""
+    method = SparseGPT(update=True)
+    dense = {n: lin.weight.data.clone() for n, lin in all_prunable(model).items()}
+    out = {}
+    for li, layer in enumerate(decoder_layers(model)):
+        lins = prunable_linears(layer)
+        H = {n: torch.zeros(lin.in_features, lin.in_features) for n, lin in lins.items()}
+        handles = []
+        for n, lin in lins.items():
+            def hook(_m, inp, _o, h=H[n]):
+                x = inp[0].float()
+                for b in range(x.shape[0]):
+                    h += x[b].T @ x[b]
+            handles.append(lin.register_forward_hook(hook))
+        for s in range(0, len(wins), batch_size):
+            model(wins[s:s + batch_size], use_cache=False)
+        for h in handles:
+            h.remove()
+        for n, lin in lins.items():
+            prio = priority(shape=tuple(lin.weight.shape), group=group, seed=seed, tag=f"local:{li}.{n}")
+            res = method.prune(lin.weight.data, H[n], sparsity=sparsity, group=group, prio=prio)
+            lin.weight.data = res.weight
+            out[f"layers.{li}.{n}"] = (res.mask, res.weight)
+    for n, lin in all_prunable(model).items():
+        lin.weight.data = dense[n]
+    return out
+
+
+@pytest.mark.parametrize("expansion", [False, True])
+def test_one_client_is_plain_sparsegpt(expansion):
+    model, wins = tiny_model(), windows()
+    ref = reference_sparsegpt(model, wins, sparsity=0.5, group="row", seed=0)
+    spec = FedSpaSpec(sparsity=0.5, expansion=expansion, local_group="row", seed=0)
+    res = fedspallm_prune(model, wins, [np.arange(len(wins))], spec=spec, progress=False)
+    fp = federated_prune(model, wins, [np.arange(len(wins))], progress=False,
+                         spec=LocalSpec(SparseGPT(update=True), 0.5, "row", 0))
+    for name, (mask, weight) in ref.items():
+        assert torch.equal(res.masks[name], mask), name
+        assert torch.equal(fp.client_masks.get(0, name), mask), name
+        torch.testing.assert_close(res.weights[name], weight, rtol=1e-5, atol=1e-6)
+    # the model is left dense
+    assert all(float((lin.weight == 0).float().mean()) < 0.01 for lin in all_prunable(model).values())
+
+
+@pytest.mark.parametrize("sparsity", [0.6])
+def test_three_clients_eq5_eq7_inside_the_driver(sparsity):
+    model, wins = tiny_model(), windows()
+    parts = split(len(wins), 3)
+    res = fedspallm_prune(model, wins, parts, spec=FedSpaSpec(sparsity=sparsity, expansion=True),
+                          keep_clients=[0, 1, 2], progress=False)
+    off = fedspallm_prune(model, wins, parts, spec=FedSpaSpec(sparsity=sparsity, expansion=False),
+                          progress=False)
+    for name, mask in res.masks.items():
+        d = mask.numel()
+        assert int(mask.sum()) == target_pruned(sparsity=sparsity, numel=d), name  # exact after expansion
+        # direct Eq. 5 / Eq. 6 from the clients' own round-1 models (pruned entries are exact zeros)
+        W = np.stack([res.standalone[i][name].numpy().astype(np.float64) for i in range(3)])
+        kept = W != 0
+        cnt = kept.sum(0)
+        avg = np.where(cnt > 0, W.sum(0) / np.maximum(cnt, 1), 0.0)
+        C = 3 - cnt
+        np.testing.assert_array_equal(res.counts[name].numpy(), C)
+        m = mask.numpy()
+        np.testing.assert_allclose(res.weights[name].numpy(), np.where(m, 0.0, avg), rtol=1e-5, atol=1e-7)
+        assert np.all(m[C == 3])
+        extra, left = m & (C < 3), ~m
+        if extra.any() and left.any():
+            assert C[extra].min() >= C[left].max()  # most-agreed first (Eq. 7)
+        # expansion off: the intersection, below the target when the clients disagree
+        np.testing.assert_array_equal(off.masks[name].numpy(), C == 3)
+        np.testing.assert_allclose(off.weights[name].numpy(), avg, rtol=1e-5, atol=1e-7)
+    assert res.rounds[0]["sparsity"] == pytest.approx(sparsity, abs=1e-3)
+    assert off.rounds[0]["sparsity"] < sparsity - 0.01
+    assert off.rounds[0]["sparsity"] == pytest.approx(res.rounds[0]["sparsity_intersection"])
+
+
+def test_layer_sampling_rounds_cover_layers_and_count_communication():
+    model, wins = tiny_model(layers=4), windows()
+    parts = split(len(wins), 3)
+    spec = FedSpaSpec(sparsity=0.6, rounds=2, layer_sampling=True, resources=[0.5, 0.25, 0.25], seed=1)
+    res = fedspallm_prune(model, wins, parts, spec=spec, keep_clients=[0], progress=False)
+    assert res.standalone == {}  # client 0 did not prune every layer
+    names = list(all_prunable(model))
+    layer_numel = {li: sum(all_prunable(model)[n].weight.numel() for n in names if n.startswith(f"layers.{li}."))
+                   for li in range(4)}
+    for t, log in enumerate(res.rounds):
+        assert log["layers_per_client"] == [2, 1, 1]
+        assert min(log["clients_per_layer"]) >= 1  # Corollary 4.1: every layer aggregated each round
+        assert log["sparsity"] == pytest.approx(0.6, abs=1e-4)
+        sched = res.schedule[t]
+        assert set().union(*map(set, sched)) == set(range(4))
+        for rec in res.communication["rounds"][t]["clients"]:
+            numel = sum(layer_numel[li] for li in sched[rec["client"]])
+            assert rec["upload_mask_bits"] == numel
+            assert rec["upload_values"] < 0.45 * numel  # kept values only
+            if t == 0:
+                assert rec["download_values"] == numel and rec["download_mask_bits"] == 0  # dense layers
+            else:
+                assert rec["download_mask_bits"] == numel
+    for name, mask in res.masks.items():
+        assert int(mask.sum()) == target_pruned(sparsity=0.6, numel=mask.numel())
+        assert torch.all(res.weights[name][mask] == 0)
+        assert 1 <= res.participants[name] <= 3
+
+
+def test_secure_aggregation_fixed_point_error():
+    model, wins = tiny_model(), windows(n=6)
+    parts = split(len(wins), 2)
+    spec = FedSpaSpec(sparsity=0.5, fixed_point_bits=14)
+    plain = fedspallm_prune(model, wins, parts, spec=spec, progress=False)
+    sec = fedspallm_prune(model, wins, parts, spec=spec, secure="pairwise", progress=False)
+    assert sec.secagg["backend"] == "pairwise" and sec.secagg["total_bytes"] > 0
+    assert sec.secagg["clipped_entries"] == 0
+    err = sec.secagg["max_abs_error"]
+    assert err > 0
+    for name in plain.masks:
+        bound = spec.clip_factor * float(all_prunable(model)[name].weight.detach().abs().max()) / 2 ** (14 + 1)
+        same = plain.masks[name] == sec.masks[name]
+        assert float(same.float().mean()) > 0.999
+        both = same & ~plain.masks[name]
+        assert (plain.weights[name][both] - sec.weights[name][both]).abs().max() <= bound + 1e-7
+    assert all(c["secure_upload_bytes"] > 0 for c in sec.communication["rounds"][0]["clients"])
+
+
+def test_cli_run_fedspallm_end_to_end(tmp_path, monkeypatch):
+    """`secprune prune --algorithm fedspallm` through run_prune with the tiny model and synthetic text."""
+    from secprune import calibration
+    from secprune.cli import main
+    from secprune.fedspallm import run as fr
+
+    model, wins = tiny_model(), windows(n=8)
+    monkeypatch.setattr(fr, "load_model", lambda name, device="cpu": (model, None))
+    monkeypatch.setattr(calibration, "build", lambda cfg, tok: calibration.Calibration(
+        wins, split(len(wins), cfg.clients), ["synthetic"] * len(wins), {"partition": "test"}))
+    monkeypatch.setattr(calibration, "eval_set", lambda name, tok, seqlen, max_windows: windows(n=2, seed=5))
+    out = tmp_path / "run"
+    rc = main(["prune", "--algorithm", "fedspallm", "--clients", "4", "--nsamples", "8", "--sparsity", "0.6",
+               "--baselines", "dense", "local-only", "random", "--local-only-clients", "2", "--rounds", "2",
+               "--layer-sampling", "--resources", "0.5", "--out", str(out), "--quiet"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    r = summary["results"]
+    assert set(r) == {"dense", "fedspallm", "standalone", "random"}
+    assert r["standalone"]["clients_evaluated"] == 2
+    assert r["fedspallm"]["sparsity"] == pytest.approx(0.6, abs=1e-3)
+    assert summary["config"]["method"] == "sparsegpt" and summary["config"]["sparsegpt_update"] is True
+    assert len(summary["rounds"]) == 2 and len(summary["communication"]["rounds"]) == 2
+    assert (out / "final_mask.safetensors").exists() and (out / "global_weights.safetensors").exists()
+    assert main(["prune", "--algorithm", "fedspallm", "--clients", "1", "--nsamples", "8", "--layer-sampling",
+                 "--resources", "0.1", "--out", str(tmp_path / "bad"), "--quiet"]) == 2  # Corollary 4.1
+    assert main(["prune", "--algorithm", "fedspallm", "--rounds", "0", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_first_layer_inputs_unchanged_by_driver():
+    model, wins = tiny_model(), windows(n=4)
+    before = first_layer_inputs(model, wins)
+    fedspallm_prune(model, wins, split(4, 2), spec=FedSpaSpec(sparsity=0.5), progress=False)
+    torch.testing.assert_close(first_layer_inputs(model, wins), before)

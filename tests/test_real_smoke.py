@@ -1,0 +1,33 @@
+"""Smoke tests on the real packaged model and corpora (installed by scripts/setup.sh)."""
+
+import json
+
+import pytest
+
+from secprune import data
+from secprune.cli import main
+
+pytestmark = pytest.mark.realmodel
+
+
+def test_corpora_load_and_splits_are_disjoint():
+    assert len(data.ptb("test").split()) + 3761 == 82430  # canonical ptb.test.txt: words + one <eos> per line
+    test, train = data.wiki_lead("test").split("\n\n"), data.wiki_lead("train").split("\n\n")
+    assert 800 < len(test) < 1200 and not set(test) & set(train)
+    docs = data.brown_documents()
+    assert len(docs) == 500 and len({g for g, _ in docs.values()}) == 15
+    assert "/" not in docs["ca01"][1].split()[0]
+
+
+def test_smollm2_prune_smoke(tmp_path):
+    out = tmp_path / "run"
+    code = main(["prune", "--clients", "4", "--nsamples", "4", "--seqlen", "64", "--eval", "ptb",
+                 "--eval-windows", "2", "--eval-seqlen", "128", "--local-only-clients", "1", "--out", str(out),
+                 "--quiet"])
+    assert code == 0
+    s = json.loads((out / "summary.json").read_text())
+    r = s["results"]
+    assert 20 < r["dense"]["ptb"] < 400  # a real LM, not a random one (~56,000)
+    assert r["dense"]["ptb"] < r["fedprllm"]["ptb"] < 10 * r["dense"]["ptb"]
+    assert s["sparsity"]["overall"] == pytest.approx(0.5)
+    assert len(s["sparsity"]["per_layer"]) == 30

@@ -1,0 +1,105 @@
+"""Ring packing, PRG, Shamir wrapper, neighbour graphs and message headers of secprune.secagg."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from secprune.secagg import shamir
+from secprune.secagg.errors import ProtocolError
+from secprune.secagg.graph import default_degree, neighbour_graph
+from secprune.secagg.messages import SERVER, MsgType, ReplayGuard, decode, encode
+from secprune.secagg.prg import MaskPRG
+from secprune.secagg.ring import pack, packed_size, ring_bits, ring_dtype, unpack
+
+
+@pytest.mark.parametrize("n_clients, max_value, bits", [(1, 1, 1), (2, 1, 2), (3, 1, 2), (64, 1, 7),
+                                                        (127, 1, 7), (128, 1, 8), (8, 255, 11)])
+def test_ring_bits_is_ceil_log2_of_sum_plus_one(n_clients, max_value, bits):
+    assert ring_bits(n_clients=n_clients, max_value=max_value) == bits
+
+
+@pytest.mark.parametrize("bits", range(1, 65))
+def test_pack_roundtrip_uses_exactly_b_bits_per_entry(bits):
+    rng = np.random.default_rng(bits)
+    for n in (0, 1, 7, 8, 9, 333):
+        values = rng.integers(0, 2**bits, n, dtype=np.uint64).astype(ring_dtype(bits))
+        data = pack(values, bits)
+        assert len(data) == packed_size(n, bits) == (n * bits + 7) // 8
+        np.testing.assert_array_equal(unpack(data, bits, n), values)
+
+
+def test_unpack_rejects_wrong_length():
+    with pytest.raises(ValueError, match="data: expected 7 bytes"):
+        unpack(b"\0" * 6, 7, 8)
+
+
+@pytest.mark.parametrize("cipher", ["aes-ctr", "chacha20"])
+def test_prg_is_deterministic_and_chunk_independent(cipher):
+    key = os.urandom(32)
+    big, small = MaskPRG(cipher=cipher), MaskPRG(cipher=cipher, chunk_bytes=192)
+    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
+        np.testing.assert_array_equal(big.expand(key, 1001, dtype), small.expand(key, 1001, dtype))
+    acc = np.arange(500, dtype=np.uint16)
+    big.add(acc, key)
+    big.sub(acc, key)
+    np.testing.assert_array_equal(acc, np.arange(500, dtype=np.uint16))
+    assert not np.array_equal(big.expand(key, 64, np.uint8), big.expand(os.urandom(32), 64, np.uint8))
+
+
+def test_prg_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="cipher"):
+        MaskPRG(cipher="rc4")
+    with pytest.raises(ValueError, match="key: expected 32 bytes"):
+        MaskPRG().expand(b"short", 4, np.uint8)
+
+
+def test_shamir_threshold_recovers_and_validates():
+    secret = os.urandom(32)
+    shares = shamir.split(secret, threshold=3, n_shares=5)
+    assert [x for x, _ in shares] == [1, 2, 3, 4, 5] and all(len(y) == 32 for _, y in shares)
+    assert shamir.combine(shares[2:]) == secret
+    assert shamir.combine([shares[0], shares[4], shares[2]]) == secret
+    assert shamir.combine(shares[:2]) != secret  # below threshold: a different value
+    with pytest.raises(ValueError, match="threshold"):
+        shamir.split(secret, threshold=6, n_shares=5)
+    with pytest.raises(ValueError, match="secret"):
+        shamir.split(b"abc", threshold=1, n_shares=2)
+
+
+@pytest.mark.parametrize("n, k", [(10, 4), (10, 3), (64, 8), (64, "log"), (5, None), (8, 7)])
+def test_neighbour_graph_is_symmetric_and_regular(n, k):
+    graph = neighbour_graph(n, degree=k, seed=3)
+    want = n - 1 if k is None else default_degree(n) if k == "log" else min(k, n - 1)
+    assert all(len(a) == want and i not in a for i, a in enumerate(graph))
+    assert all(u in graph[v] for u in range(n) for v in graph[u])
+    assert default_degree(64) == 12
+
+
+def test_neighbour_graph_rejects_odd_degree_on_odd_n():
+    with pytest.raises(ValueError, match="neighbours"):
+        neighbour_graph(9, degree=3)
+    with pytest.raises(ValueError, match="neighbours"):
+        neighbour_graph(9, degree=0)
+
+
+def test_header_checks_round_type_receiver_and_replay():
+    msg = encode(MsgType.MASKED, round_id=5, sender=2, receiver=SERVER, payload=b"xyz")
+    header, payload = decode(msg, expect=MsgType.MASKED, round_id=5, receiver=SERVER)
+    assert (header.sender, payload) == (2, b"xyz")
+    with pytest.raises(ProtocolError, match="round"):
+        decode(msg, expect=MsgType.MASKED, round_id=6)
+    with pytest.raises(ProtocolError, match="type"):
+        decode(msg, expect=MsgType.SHARE, round_id=5)
+    with pytest.raises(ProtocolError, match="addressed"):
+        decode(msg, expect=MsgType.MASKED, round_id=5, receiver=3)
+    with pytest.raises(ProtocolError, match="header"):
+        decode(msg[:10], expect=MsgType.MASKED, round_id=5)
+    guard = ReplayGuard()
+    guard.check(header)
+    guard.check(header)  # not yet processed: a forged first copy cannot lock out the genuine one
+    guard.mark(header)
+    with pytest.raises(ProtocolError, match="replayed"):
+        guard.check(header)

@@ -1,0 +1,63 @@
+"""Exactly-k selection per comparison group and seeded tie-breaking."""
+
+import numpy as np
+import pytest
+import torch
+
+from secprune.topk import GROUPS, lowest_k_mask, ordered_key, priority
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_exactly_k_per_group_even_with_massive_ties(group):
+    score = torch.randint(0, 3, (12, 20)).float()  # three distinct values: ties everywhere
+    prio = priority(shape=(12, 20), group=group, seed=0, tag="t")
+    mask = lowest_k_mask(score, sparsity=0.5, group=group, prio=prio)
+    if group == "row":
+        assert (mask.sum(1) == 10).all()
+    elif group == "column":
+        assert (mask.sum(0) == 6).all()
+    else:
+        assert mask.sum() == 120
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_matches_lexicographic_sort_of_score_then_priority(group):
+    # Independent expectation: numpy lexsort on (priority, score) inside each group.
+    rng = np.random.default_rng(3)
+    score = torch.from_numpy(rng.integers(-3, 4, (7, 9)).astype(np.float32))
+    prio = priority(shape=(7, 9), group=group, seed=5, tag="x").expand(7, 9)
+    mask = lowest_k_mask(score, sparsity=0.4, group=group, prio=prio)
+    expected = np.zeros((7, 9), bool)
+    s, p = score.numpy(), prio.numpy()
+    if group == "row":
+        for r in range(7):
+            expected[r, np.lexsort((p[r], s[r]))[: int(9 * 0.4)]] = True
+    elif group == "column":
+        for c in range(9):
+            expected[np.lexsort((p[:, c], s[:, c]))[: int(7 * 0.4)], c] = True
+    else:
+        idx = np.lexsort((p.ravel(), s.ravel()))[: int(63 * 0.4)]
+        expected.ravel()[idx] = True
+    assert np.array_equal(mask.numpy(), expected)
+
+
+def test_ordered_key_sorts_like_floats_including_negatives():
+    x = torch.tensor([-3.5, -0.0, 0.0, 1e-30, -1e-30, 2.0, -2.0, 7.25])
+    key = ordered_key(x, torch.zeros_like(x, dtype=torch.int64))
+    assert torch.equal(torch.argsort(key, stable=True), torch.argsort(x, stable=True))
+
+
+def test_same_seed_same_tiebreak_different_seed_differs():
+    score = torch.zeros(4, 64)
+    a = lowest_k_mask(score, sparsity=0.5, group="row", prio=priority(shape=(4, 64), group="row", seed=1, tag="a"))
+    b = lowest_k_mask(score, sparsity=0.5, group="row", prio=priority(shape=(4, 64), group="row", seed=1, tag="a"))
+    c = lowest_k_mask(score, sparsity=0.5, group="row", prio=priority(shape=(4, 64), group="row", seed=2, tag="a"))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_rejects_unknown_group_and_nan():
+    with pytest.raises(ValueError, match="comparison group"):
+        priority(shape=(2, 2), group="block", seed=0, tag="")
+    with pytest.raises(ValueError, match="NaN"):
+        lowest_k_mask(torch.tensor([[float("nan"), 1.0]]), sparsity=0.5, group="row",
+                      prio=torch.zeros(1, 2, dtype=torch.int64))
