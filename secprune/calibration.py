@@ -47,7 +47,7 @@ def build(cfg: PruneConfig, tokenizer) -> Calibration:
                              "'ptb,wiki-lead,brown' or 'brown' for its 15 genres)")
     counts = [len(a) for a in np.array_split(np.arange(cfg.nsamples), len(names))]
     wins, sources = [], []
-    for name, n in zip(names, counts):
+    for name, n in zip(names, counts, strict=True):
         if n:
             wins.append(data.sample_windows(_source_ids(name, tokenizer), n=n, seqlen=cfg.seqlen, rng=rng))
             sources += [name] * n

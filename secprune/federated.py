@@ -154,8 +154,8 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
             for n, lin in lins.items():
                 stats[n] = spec.method.new_stats(n_clients=m, in_features=lin.in_features, device=device)
 
-                def hook(_mod, inp, _out, n=n):
-                    spec.method.accumulate(stats[n], inp[0].detach(), current["owner"])
+                def hook(_mod, inp, _out, acc=stats[n], cur=current):
+                    spec.method.accumulate(acc, inp[0].detach(), cur["owner"])
                 handles.append(lin.register_forward_hook(hook))
             try:
                 for s in range(0, windows.shape[0], spec.batch_size):
@@ -168,7 +168,7 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
 
         # 2. local masks (client side)
         local_weights: dict[tuple[int, str], torch.Tensor] = {}
-        for n, lin in lins.items():
+        for n in lins:
             prio = priority(shape=tuple(dense[n].shape), group=spec.local_group, seed=spec.seed,
                             tag=f"local:{li}.{n}")
             for i in range(m):

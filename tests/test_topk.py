@@ -20,11 +20,13 @@ def test_exactly_k_per_group_even_with_massive_ties(group):
         assert mask.sum() == 120
 
 
+@pytest.mark.parametrize("ties", [True, False])  # exercises the exact path and the fast no-tie path
 @pytest.mark.parametrize("group", GROUPS)
-def test_matches_lexicographic_sort_of_score_then_priority(group):
+def test_matches_lexicographic_sort_of_score_then_priority(group, ties):
     # Independent expectation: numpy lexsort on (priority, score) inside each group.
     rng = np.random.default_rng(3)
-    score = torch.from_numpy(rng.integers(-3, 4, (7, 9)).astype(np.float32))
+    raw = rng.integers(-3, 4, (7, 9)) if ties else rng.normal(size=(7, 9))
+    score = torch.from_numpy(raw.astype(np.float32))
     prio = priority(shape=(7, 9), group=group, seed=5, tag="x").expand(7, 9)
     mask = lowest_k_mask(score, sparsity=0.4, group=group, prio=prio)
     expected = np.zeros((7, 9), bool)

@@ -1,0 +1,23 @@
+"""Helpers shared by experiment scripts: a JSON result cache so long sweeps resume where they stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class ResultCache:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.data: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def get(self, key: str):
+        return self.data.get(key)
+
+    def put(self, key: str, value) -> None:
+        self.data[key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        os.replace(tmp, self.path)

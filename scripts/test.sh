@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (idempotent), then run the fast suite plus the small real-model smoke tests.
+# Slow tests (big sweeps) are marked `slow`: run them with  python -m pytest -m slow
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+PY=${PYTHON:-python3}
+"$PY" -m pytest -m "not slow" -q -p no:cacheprovider "$@"
