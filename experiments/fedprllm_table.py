@@ -86,25 +86,23 @@ def main() -> None:
                                                                             "per_client": per}
     rows[f"Local-only (mean of {min(args.local_only_clients, m)})"] = cell("local-only", local_only)
 
-    for scaling in (False, True):
-        for group in ("layer", "row", "column"):
-            def run_one(group=group, scaling=scaling):
-                r = oneshot()
-                final = server_masks(r.counts, sparsity=cfg.sparsity, group=group, seed=cfg.seed)
-                scales = {n: scale_factor(c, m) for n, c in r.counts.items()} if scaling else None
-                return evaluate(model, tok, cfg, final, scales, f"one-shot {group}")
-            rows[f"FedPrLLM {group} one-shot {'scaled' if scaling else '-'}"] = cell(
-                f"one-shot|{group}|{scaling}", run_one)
-            if args.skip_iterative:
-                continue
-
-            def run_it(group=group, scaling=scaling):
-                r = federated_prune(model, calib.windows, calib.parts, spec=spec, strategy="iterative",
-                                    server_group=group, scaling=scaling, desc=f"iterative {group}")
-                scales = {n: scale_factor(c, m) for n, c in r.counts.items()} if scaling else None
-                return evaluate(model, tok, cfg, r.final, scales, f"iterative {group}")
-            rows[f"FedPrLLM {group} iterative {'scaled' if scaling else '-'}"] = cell(
-                f"iterative|{group}|{scaling}", run_it)
+    for strategy in ("one-shot", "iterative"):  # one-shot cells first: they share one client run
+        if strategy == "iterative" and args.skip_iterative:
+            continue
+        for scaling in (False, True):
+            for group in ("layer", "row", "column"):
+                def run_cell(group=group, scaling=scaling, strategy=strategy):
+                    if strategy == "one-shot":
+                        r = oneshot()
+                        final = server_masks(r.counts, sparsity=cfg.sparsity, group=group, seed=cfg.seed)
+                    else:
+                        r = federated_prune(model, calib.windows, calib.parts, spec=spec, strategy="iterative",
+                                            server_group=group, scaling=scaling, desc=f"iterative {group}")
+                        final = r.final
+                    scales = {n: scale_factor(c, m) for n, c in r.counts.items()} if scaling else None
+                    return evaluate(model, tok, cfg, final, scales, f"{strategy} {group}")
+                rows[f"FedPrLLM {group} {strategy} {'scaled' if scaling else '-'}"] = cell(
+                    f"{strategy}|{group}|{scaling}", run_cell)
 
     print(f"\n{args.model}, {args.method} ({args.local_group}), {m} clients, {args.nsamples} x {args.seqlen} "
           f"calibration ({args.calib}, {args.partition}), sparsity {args.sparsity}; perplexity on "

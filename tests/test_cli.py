@@ -131,3 +131,18 @@ def test_windows_are_token_ids_not_text(tiny_folder, client_files, tmp_path):
           "--eval", "ptb", "--eval-windows", "1", "--eval-seqlen", "16", "--baselines", "--out", str(out), "--quiet"])
     cal = torch.load(out / "calibration.pt", weights_only=False)
     assert cal["windows"].shape == (4, 16) and [len(p) for p in cal["parts"]] == [2, 2]
+
+
+def test_secure_aggregation_backends_give_bit_identical_final_masks(tiny_folder, client_files, tmp_path):
+    finals = {}
+    for backend in ("none", "pairwise", "he"):
+        out = tmp_path / backend
+        assert main(["prune", "--model", str(tiny_folder), "--client-data", *client_files, "--nsamples", "4",
+                     "--seqlen", "16", "--eval", "ptb", "--eval-windows", "1", "--eval-seqlen", "16", "--baselines",
+                     "--secure-agg", backend, "--out", str(out), "--quiet"]) == 0
+        finals[backend] = MaskSet.load(out / "final_mask.safetensors")
+        stats = json.loads((out / "summary.json").read_text())["secure_aggregation"]
+        assert stats["backend"] == backend and stats["total_bytes"] > 0
+    for backend in ("pairwise", "he"):
+        for name in finals["none"].names():
+            assert np.array_equal(finals[backend].packed[name], finals["none"].packed[name])

@@ -245,3 +245,22 @@ def test_checkpoint_resumes_to_same_result(model, windows, tmp_path):
         assert (lin.weight != 0).float().mean() > 0.99
     resumed = run(model, windows, parts, checkpoint=ckpt)
     assert all(torch.equal(full.final[n], resumed.final[n]) for n in full.final)
+
+
+def test_generic_layers_gemma3_replays_per_layer_masks_and_rope():
+    # Gemma-3 alternates sliding-window and global attention (different masks and rotary bases per layer):
+    # layer-by-layer replay must reproduce the full model's activations, so masks equal the reference.
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                           num_key_value_heads=2, head_dim=16, vocab_size=256, max_position_embeddings=128,
+                           sliding_window=4, use_cache=False,
+                           layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    model = Gemma3ForCausalLM(cfg).eval()
+    w = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(2))
+    res = run(model, w, [np.arange(4)])
+    ref = reference_wanda_masks(model, w)
+    assert len(ref) == 3 * 7
+    for name, mask in ref.items():
+        assert (res.final[name] == mask).float().mean() > 0.999, name
