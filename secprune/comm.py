@@ -24,5 +24,5 @@ def mask_communication(*, layer_entries: list[int], n_clients: int, strategy: st
         "per_client_bytes": sum(r["upload_bytes"] + r["download_bytes"] for r in rounds),
         "total_entries": per_client * n_clients,
         "total_bytes": sum(r["upload_bytes"] + r["download_bytes"] for r in rounds) * n_clients,
-        "per_round": rounds if len(rounds) <= 1 else {"first": rounds[0], "count": len(rounds)},
+        "per_round": rounds,
     }

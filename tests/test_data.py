@@ -57,3 +57,15 @@ def test_perplexity_equals_exp_mean_token_nll(model, windows):
 def test_brown_tags_are_stripped():
     text = data._TAG.sub("", "The/at Fulton/np-tl County/nn-tl said/vbd ./.")
     assert text == "The Fulton County said ."
+
+
+def test_communication_matches_fedprllm_table3_shape():
+    from secprune.comm import mask_communication
+
+    layers = [1000, 1000, 500]
+    one = mask_communication(layer_entries=layers, n_clients=4, strategy="one-shot")
+    it = mask_communication(layer_entries=layers, n_clients=4, strategy="iterative")
+    assert one["rounds"] == 1 and it["rounds"] == 3
+    assert one["per_client_entries"] == 2500 and it["per_client_entries"] == 5000  # Table 3: iterative = 2x
+    assert one["total_entries"] == 10000 and one["per_client_bytes"] == 313  # ceil(2500 / 8)
+    assert [r["upload_entries"] for r in it["per_round"]] == layers
