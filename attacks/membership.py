@@ -63,7 +63,12 @@ class _Scorer:
     """Per-target attack models built from shadow masks."""
 
     def __init__(self, p_in: torch.Tensor, p_out: torch.Tensor, solo: torch.Tensor, majority: torch.Tensor,
-                 budget: MIABudget) -> None:
+                 budget: MIABudget, active: torch.Tensor) -> None:
+        # LiRA uses the bits that vary in some shadow set: the others add (almost) the same constant to
+        # every score. The Hamming attack uses every bit.
+        self.active = active
+        self.p_out_full = p_out.float()
+        p_in, p_out = p_in[active], p_out[active]
         self.p_in, self.p_out = p_in, p_out
         self.solo, self.majority = solo.float(), majority.float()
         self.m = budget.n_clients
@@ -81,8 +86,8 @@ class _Scorer:
         self.mu_out = m * p_out
         self.var_in = p_in * (1 - p_in) + (m - 1) * p_out * (1 - p_out)
         self.var_out = m * p_out * (1 - p_out)
-        self.solo_sum = self.solo + (m - 1) * p_out
-        self.maj_sum = m * p_out
+        self.solo_sum = self.solo + (m - 1) * self.p_out_full
+        self.maj_sum = m * self.p_out_full
 
     def _gauss(self, y: torch.Tensor, extra_var: float) -> float:
         vi, vo = self.var_in + extra_var, self.var_out + extra_var
@@ -92,12 +97,13 @@ class _Scorer:
 
     def score(self, view: str, obs: torch.Tensor) -> dict[str, float]:
         x = obs.float()
+        xa = x[self.active].double()
         if view in ("own", "rr"):
             w1, w0 = (self.w1, self.w0) if view == "own" else (self.r1, self.r0)
-            lira = float((x * w1 + (1 - x) * w0).sum())
+            lira = float((xa * w1 + (1 - xa) * w0).sum())
             ham = float((x - self.majority).abs().sum() - (x - self.solo).abs().sum())
         else:
-            lira = self._gauss(x, 0.0 if view == "sum" else 2.0 * self.lam)
+            lira = self._gauss(xa, 0.0 if view == "sum" else 2.0 * self.lam)
             ham = float((x - self.maj_sum).abs().sum() - (x - self.solo_sum).abs().sum())
         return {"lira": lira, "hamming": ham}
 
@@ -161,7 +167,9 @@ def run_membership(engine: LayerZeroMasks, *, targets: np.ndarray, population: n
             in_sum += engine.flat(np.concatenate([[t], rest])).to(torch.int32)
             tick("mia")
         p_in = (in_sum.double() + 1) / (budget.shadows_in + 2)
-        scorer = _Scorer(p_in, p_out, engine.flat([t]), majority, budget)
+        active = torch.nonzero(((in_sum > 0) | (out_sum > 0)) & ((in_sum < budget.shadows_in) | (out_sum < n_o))
+                               ).view(-1)
+        scorer = _Scorer(p_in, p_out, engine.flat([t]), majority, budget, active)
         for _ in range(budget.eval_in):
             rest = _draw(rng, eval_pop[eval_pop != t], k - 1)
             views = _views(engine.flat(np.concatenate([[t], rest])), others_sum(), budget, gen, rng)

@@ -149,6 +149,33 @@ def row_lowest_k(score: torch.Tensor, *, sparsity: float, prio: torch.Tensor) ->
     return below | (tied & (rank < need))
 
 
+def integer_server_mask(counts: torch.Tensor, *, sparsity: float, group: str, seed: int, name: str
+                        ) -> torch.Tensor:
+    """Same result as ``secprune.aggregate.final_mask`` for integer vote counts, without a 64-bit key sort.
+
+    Layer group: the k entries with the most votes are pruned, ties at the threshold count broken by the
+    lowest priority (exactly the core's fused key). Other groups fall back to the core function.
+    """
+    from secprune.aggregate import final_mask
+
+    if group != "layer":
+        return final_mask(counts, sparsity=sparsity, group=group, seed=seed, name=name)
+    k = int(counts.numel() * sparsity)
+    flat = counts.reshape(-1).to(torch.int64)
+    if k == 0:
+        return torch.zeros_like(counts, dtype=torch.bool)
+    t = flat.kthvalue(flat.numel() - k + 1).values  # k-th largest count
+    above = flat > t
+    tied = flat == t
+    need = k - int(above.sum())
+    prio = priority(shape=tuple(counts.shape), group="layer", seed=seed, tag=f"server:{name}").reshape(-1)
+    tied_idx = torch.nonzero(tied).view(-1)
+    chosen = tied_idx[torch.argsort(prio[tied_idx])[:need]]
+    out = above.clone()
+    out[chosen] = True
+    return out.view(counts.shape)
+
+
 def _local_mask(method: str, weight: torch.Tensor, sq: torch.Tensor | None, *, sparsity: float, group: str,
                 prio: torch.Tensor) -> torch.Tensor:
     score = weight.abs().float() if method == "magnitude" else wanda_score(weight, sq)

@@ -282,8 +282,9 @@ def _inversion(inp: AuditInputs, budget: AuditBudget, k: int, m: int) -> tuple[d
 
 
 def _defence(inp: AuditInputs, budget: AuditBudget, *, h_emp: int) -> dict:
+    from audits.engine import integer_server_mask
     from secprune.evaluate import perplexity
-    from secprune.federated import apply_masks, restore, server_masks
+    from secprune.federated import apply_masks, restore
 
     names = inp.client_masks.names()
     m = inp.client_masks.n
@@ -295,7 +296,8 @@ def _defence(inp: AuditInputs, budget: AuditBudget, *, h_emp: int) -> dict:
     def ppl(cnts) -> float | None:
         if inp.eval_windows is None or inp.eval_windows.shape[0] == 0:
             return None
-        final = server_masks(cnts, sparsity=inp.sparsity, group=inp.server_group, seed=inp.seed)
+        final = {n: integer_server_mask(c, sparsity=inp.sparsity, group=inp.server_group, seed=inp.seed, name=n)
+                 for n, c in cnts.items()}
         backup = apply_masks(inp.model, final)
         try:
             return perplexity(inp.model, inp.eval_windows, progress=False)
@@ -305,13 +307,10 @@ def _defence(inp: AuditInputs, budget: AuditBudget, *, h_emp: int) -> dict:
     rows = [{"mechanism": "none", "param": None, "ppl": ppl(counts), "eps_worst": math.inf,
              "eps_empirical_sensitivity": math.inf}]
     for e in budget.rr_eps:
-        q = dp.flip_probability(e)
-        noisy = {n: (torch.binomial(c.double(), torch.full(c.shape, 1 - q, dtype=torch.float64), generator=gen)
-                     + torch.binomial((m - c).double(), torch.full(c.shape, q, dtype=torch.float64), generator=gen)
-                     ).to(torch.int64) for n, c in counts.items()}
+        noisy = {n: dp.rr_noisy_counts(c, m, e, generator=gen) for n, c in counts.items()}
         worst = dp.rr_epsilon(e, h=n_bits, delta=budget.delta)
         emp = dp.rr_epsilon(e, h=max(h_emp, 1), delta=budget.delta)
-        rows.append({"mechanism": "rr", "param": e, "flip_probability": q, "ppl": ppl(noisy),
+        rows.append({"mechanism": "rr", "param": e, "flip_probability": dp.flip_probability(e), "ppl": ppl(noisy),
                      "eps_worst": worst["eps_rdp"], "eps_worst_pure": worst["eps_pure"],
                      "eps_empirical_sensitivity": emp["eps_rdp"]})
     for lam in budget.skellam_lam:

@@ -67,6 +67,29 @@ def randomized_response(mask: torch.Tensor, eps_bit: float, *, generator: torch.
     return mask ^ flips
 
 
+def rr_noisy_counts(counts: torch.Tensor, n_clients: int, eps_bit: float, *,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sum of ``n_clients`` randomized-response bits given the true vote counts, sampled exactly.
+
+    A count ``c`` becomes ``Binomial(c, 1 - q) + Binomial(m - c, q)``; its law depends only on ``c``, so we
+    tabulate the m+1 cumulative distributions once and invert one uniform draw per entry.
+    """
+    from scipy.stats import binom
+
+    m, q = n_clients, flip_probability(eps_bit)
+    table = np.zeros((m + 1, m + 1))
+    for c in range(m + 1):
+        table[c] = np.convolve(binom.pmf(np.arange(c + 1), c, 1 - q), binom.pmf(np.arange(m - c + 1), m - c, q))
+    cdf = torch.from_numpy(np.cumsum(table, axis=1)[:, :-1]).float()  # (m+1, m): P(noisy <= j), j < m
+    flat = counts.reshape(-1).long()
+    u = torch.rand(flat.shape, generator=generator)
+    out = torch.empty_like(flat)
+    step = max(1, (1 << 22) // max(m, 1))
+    for s in range(0, flat.numel(), step):  # noisy = #{j < m : u >= P(noisy <= j)}
+        out[s:s + step] = (u[s:s + step].unsqueeze(1) >= cdf[flat[s:s + step]]).sum(1)
+    return out.view(counts.shape)
+
+
 def rr_rdp(eps_bit: float, orders: list[float] | float) -> np.ndarray:
     """Renyi DP of randomized response on one bit, for each order a > 1 (exact; see module doc)."""
     a = np.atleast_1d(np.asarray(orders, dtype=np.float64))
@@ -91,7 +114,7 @@ def rr_epsilon(eps_bit: float, *, h: int, delta: float, orders: list[float] | No
 # ---------------------------------------------------------------- Skellam noise on counts
 def skellam_rdp(lam: float, orders: list[float] | float, *, shift: int = 1) -> np.ndarray:
     """D_a( Sk(lam, lam) + shift || Sk(lam, lam) ) for every order, summed numerically over the support."""
-    from scipy.stats import skellam
+    from scipy.special import ive
 
     a = np.atleast_1d(np.asarray(orders, dtype=np.float64))
     sd = math.sqrt(2 * lam)
@@ -99,8 +122,9 @@ def skellam_rdp(lam: float, orders: list[float] | float, *, shift: int = 1) -> n
         return a * shift * shift / (2 * 2 * lam)
     span = int(math.ceil(40 * sd + 60 + abs(shift) * 40))
     k = np.arange(-span, span + 1)
-    lp = skellam.logpmf(k - shift, lam, lam)  # P: shifted
-    lq = skellam.logpmf(k, lam, lam)
+    with np.errstate(divide="ignore"):  # Sk(lam, lam) pmf = e^{-2 lam} I_|k|(2 lam) = ive(|k|, 2 lam)
+        lq = np.log(ive(np.abs(k), 2 * lam))
+        lp = np.log(ive(np.abs(k - shift), 2 * lam))  # P: shifted
     ok = np.isfinite(lp) & np.isfinite(lq)
     lp, lq = lp[ok], lq[ok]
     out = np.empty_like(a)

@@ -91,3 +91,17 @@ def test_noisy_counts_from_masks_rr_and_skellam():
     assert noisy.shape == exact.shape and not torch.equal(noisy, exact)
     with pytest.raises(ValueError):
         dp.noisy_counts_from_masks(ms, "layers.0.q", dp.Mechanism("laplace", 1.0), rng=rng)
+
+
+def test_rr_noisy_counts_matches_simulating_every_client():
+    m, eps = 5, 0.7
+    q = dp.flip_probability(eps)
+    counts = torch.tensor([0, 2, 5] * 40_000)
+    noisy = dp.rr_noisy_counts(counts, m, eps, generator=torch.Generator().manual_seed(0))
+    for c in (0, 2, 5):
+        x = noisy[counts == c].double()
+        mean = c * (1 - q) + (m - c) * q
+        var = (c + (m - c)) * q * (1 - q)
+        assert x.mean().item() == pytest.approx(mean, abs=0.02)
+        assert x.var().item() == pytest.approx(var, rel=0.03)
+    assert torch.equal(dp.rr_noisy_counts(counts, m, math.inf), counts)

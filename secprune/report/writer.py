@@ -160,7 +160,8 @@ def _figures(a: dict) -> dict[str, tuple[bytes, dict, str]]:
                                                                      for v in VIEW_LABEL]
     ax.barh(labels, [100 * (0 if v is None or math.isnan(v) else v) for v in vals])
     ax.set_xlabel("token precision at K = |client tokens| (%)")
-    save(fig, "inversion", dict(zip(labels, vals, strict=True)), "Token recovery precision, averaged over audited clients.")
+    save(fig, "inversion", dict(zip(labels, vals, strict=True)),
+         "Token recovery precision, averaged over audited clients.")
     return figs
 
 
@@ -168,7 +169,6 @@ def _figures(a: dict) -> dict[str, tuple[bytes, dict, str]]:
 def _tables(a: dict, private: dict | None) -> dict[str, list]:
     """Section id -> list of blocks: ("p", text) | ("table", header, rows) | ("fig", name)."""
     s = a["summary"]
-    paper = a["paper"]
     ent = a["entropy"]
     mem = a["membership"]
     st = a["setting"]
@@ -197,9 +197,11 @@ def _tables(a: dict, private: dict | None) -> dict[str, list]:
     acr = ent["across_draws_layer0"]
     b["entropy"] += [
         ("p", "Capacity: a mask bit at sparsity 50% carries at most H(0.5) = 1 bit; the fp16 weights of block 0's "
-              "q_proj have the empirical entropy below. The packaged SmolLM2 weights were 4-bit quantized, so their "
-              "fp16 entropy is far below LLaMA-7B's 13.75 bits. Capacity is not leakage: what the mask reveals "
-              "about the calibration data is I(mask; data) = H(mask)."),
+              "q_proj have the empirical entropy below."
+              + (" The packaged SmolLM2 weights were 4-bit quantized, so their fp16 entropy is below LLaMA-7B's "
+                 "13.75 bits." if "smollm2" in str(a.get("run", {}).get("model", "")) else "")
+              + " Capacity is not leakage: what the mask reveals about the calibration data is "
+              "I(mask; data) = H(mask)."),
         ("table", ["quantity", "value"], [
             ["mask bit entropy, block-0 q_proj (client 0)", _num(ent["mask_bit_entropy_q_proj"])],
             ["mask bit entropy, whole model (client 0)", _num(ent["mask_bit_entropy_all"])],
