@@ -20,7 +20,6 @@ Usage: ``python experiments/fedspallm_table.py`` (full grid) or e.g.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,6 +32,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiments._common import ResultCache  # noqa: E402
 from secprune import calibration  # noqa: E402
 from secprune.config import PruneConfig  # noqa: E402
 from secprune.evaluate import perplexity  # noqa: E402
@@ -68,27 +68,11 @@ def parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class Cache:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data = json.loads(path.read_text()) if path.exists() else {}
-
-    def get(self, key: str):
-        return self.data.get(key)
-
-    def put(self, key: str, value) -> None:
-        self.data[key] = value
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
-
-
 def main(argv=None) -> int:
     args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cache = Cache(Path(args.cache))
+    cache = ResultCache(args.cache)
     setting = f"n{args.nsamples}x{args.seqlen}-{args.calib}-ev{args.eval_windows}x{args.eval_seqlen}-s{args.seed}"
     if args.table_only:
         print(table(cache, args, setting))
@@ -185,7 +169,7 @@ def _fmt(v) -> str:
     return f"{v:.3g}" if v >= 1e4 else f"{v:.2f}"
 
 
-def table(cache: Cache, args, setting: str) -> str:
+def table(cache: ResultCache, args, setting: str) -> str:
     cols = [f"{round(s * 100)}% {d}" for s in args.sparsities for d in DATASETS]
     head = "| clients | method | " + " | ".join(cols) + " |"
     lines = [f"SmolLM2-135M, calibration {args.nsamples} x {args.seqlen} tokens of {args.calib} split IID over the "
