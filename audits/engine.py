@@ -122,65 +122,9 @@ class LayerZeroMasks:
                                                                                       dtype=torch.bool)
 
 
-def row_lowest_k(score: torch.Tensor, *, sparsity: float, prio: torch.Tensor) -> torch.Tensor:
-    """Same result as ``lowest_k_mask(score, group="row", prio=prio)`` for non-negative scores, ~4x faster.
-
-    ``kthvalue`` on the float scores gives each row's threshold t; entries below t are pruned, and among
-    entries equal to t the ones with the lowest tie-break priority fill the row's quota (exactly what the
-    core's fused (score, priority) key selects). Works on (..., rows, cols) batches.
-    """
-    cols = score.shape[-1]
-    k = int(cols * sparsity)
-    if k == 0:
-        return torch.zeros_like(score, dtype=torch.bool)
-    t = score.kthvalue(k, dim=-1, keepdim=True).values
-    below = score < t
-    tied = score == t
-    need = k - below.sum(-1, keepdim=True)
-    if bool((tied.sum(-1, keepdim=True) == need).all()):
-        return below | tied
-    # some rows have more tied entries than places left: rank tied entries by priority
-    p = prio.expand_as(score).to(torch.int64)
-    big = torch.iinfo(torch.int64).max
-    tp = torch.where(tied, p, torch.full_like(p, big))
-    order = tp.argsort(dim=-1)
-    rank = torch.empty_like(order)
-    rank.scatter_(-1, order, torch.arange(cols, device=score.device).expand_as(order).contiguous())
-    return below | (tied & (rank < need))
-
-
-def integer_server_mask(counts: torch.Tensor, *, sparsity: float, group: str, seed: int, name: str
-                        ) -> torch.Tensor:
-    """Same result as ``secprune.aggregate.final_mask`` for integer vote counts, without a 64-bit key sort.
-
-    Layer group: the k entries with the most votes are pruned, ties at the threshold count broken by the
-    lowest priority (exactly the core's fused key). Other groups fall back to the core function.
-    """
-    from secprune.aggregate import final_mask
-
-    if group != "layer":
-        return final_mask(counts, sparsity=sparsity, group=group, seed=seed, name=name)
-    k = int(counts.numel() * sparsity)
-    flat = counts.reshape(-1).to(torch.int64)
-    if k == 0:
-        return torch.zeros_like(counts, dtype=torch.bool)
-    t = flat.kthvalue(flat.numel() - k + 1).values  # k-th largest count
-    above = flat > t
-    tied = flat == t
-    need = k - int(above.sum())
-    prio = priority(shape=tuple(counts.shape), group="layer", seed=seed, tag=f"server:{name}").reshape(-1)
-    tied_idx = torch.nonzero(tied).view(-1)
-    chosen = tied_idx[torch.argsort(prio[tied_idx])[:need]]
-    out = above.clone()
-    out[chosen] = True
-    return out.view(counts.shape)
-
-
 def _local_mask(method: str, weight: torch.Tensor, sq: torch.Tensor | None, *, sparsity: float, group: str,
                 prio: torch.Tensor) -> torch.Tensor:
     score = weight.abs().float() if method == "magnitude" else wanda_score(weight, sq)
-    if group == "row":
-        return row_lowest_k(score, sparsity=sparsity, prio=prio)
     return lowest_k_mask(score, sparsity=sparsity, group=group, prio=prio)
 
 
@@ -190,7 +134,7 @@ def full_depth_masks(model, windows: torch.Tensor, sets: list[np.ndarray], *, sp
     """Exact one-shot local masks of every layer for each calibration set (index arrays into ``windows``).
 
     Wanda / magnitude: the one-shot client loop of ``federated_prune`` (dense statistics of layer l from
-    the set's own pruned layers < l), with the faster exact row top-k above; tests check it against
+    the set's own pruned layers < l), with the core top-k; tests check it against
     ``federated_prune``. Other methods: ``federated_prune`` itself, every set being one simulated client
     (windows shared by several sets are duplicated so that each client owns its copy).
     """

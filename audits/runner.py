@@ -282,7 +282,7 @@ def _inversion(inp: AuditInputs, budget: AuditBudget, k: int, m: int) -> tuple[d
 
 
 def _defence(inp: AuditInputs, budget: AuditBudget, *, h_emp: int) -> dict:
-    from audits.engine import integer_server_mask
+    from secprune.aggregate import final_mask
     from secprune.evaluate import perplexity
     from secprune.federated import apply_masks, restore
 
@@ -296,7 +296,7 @@ def _defence(inp: AuditInputs, budget: AuditBudget, *, h_emp: int) -> dict:
     def ppl(cnts) -> float | None:
         if inp.eval_windows is None or inp.eval_windows.shape[0] == 0:
             return None
-        final = {n: integer_server_mask(c, sparsity=inp.sparsity, group=inp.server_group, seed=inp.seed, name=n)
+        final = {n: final_mask(c, sparsity=inp.sparsity, group=inp.server_group, seed=inp.seed, name=n)
                  for n, c in cnts.items()}
         backup = apply_masks(inp.model, final)
         try:

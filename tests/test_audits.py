@@ -8,11 +8,10 @@ import torch
 
 from audits import epsilon as E
 from audits import measures
-from audits.engine import LayerZeroMasks, full_depth_masks, row_lowest_k
+from audits.engine import LayerZeroMasks, full_depth_masks
 from audits.synthetic import tiny_llama, zipf_windows
 from secprune.federated import LocalSpec, federated_prune
 from secprune.methods import make_method
-from secprune.topk import lowest_k_mask, priority
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +59,6 @@ def test_roc_auc_and_tpr():
     assert E.empirical_epsilon(np.zeros(50), np.zeros(50))["eps_lower_bound"] == 0.0
 
 
-def test_row_lowest_k_equals_core_with_ties():
-    g = torch.Generator().manual_seed(0)
-    for shape in ((7, 10), (16, 33)):
-        score = torch.randint(0, 4, shape, generator=g).float()  # many ties
-        prio = priority(shape=shape, group="row", seed=3, tag="t")
-        for sp in (0.3, 0.5):
-            assert torch.equal(row_lowest_k(score, sparsity=sp, prio=prio),
-                               lowest_k_mask(score, sparsity=sp, group="row", prio=prio))
-        score = torch.rand(shape, generator=g)
-        assert torch.equal(row_lowest_k(score, sparsity=0.5, prio=prio),
-                           lowest_k_mask(score, sparsity=0.5, group="row", prio=prio))
-
-
 def test_engines_match_federated_prune(tiny):
     model, wins = tiny
     parts = [np.array([0, 1, 2]), np.array([3, 4]), np.array([5, 6, 7])]
@@ -112,16 +98,3 @@ def test_measures(tiny):
         ms.put("layers.0.a", i, torch.tensor([[True, False], [i == 1, i == 2]]))
     sim = measures.pairwise_hamming_packed(ms.packed, ms.shapes)
     assert sim["pairs"] == 3 and sim["total"] == pytest.approx([0.25, 0.25, 0.5])
-
-
-def test_integer_server_mask_equals_core_final_mask():
-    from audits.engine import integer_server_mask
-    from secprune.aggregate import final_mask
-
-    g = torch.Generator().manual_seed(0)
-    for shape, hi in (((20, 30), 5), ((8, 9), 17), ((16, 16), 2)):
-        counts = torch.randint(-3, hi, shape, generator=g)  # noisy counts may be negative
-        for group in ("layer", "row"):
-            for sp in (0.25, 0.5):
-                assert torch.equal(integer_server_mask(counts, sparsity=sp, group=group, seed=2, name="m"),
-                                   final_mask(counts, sparsity=sp, group=group, seed=2, name="m"))

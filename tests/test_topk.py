@@ -63,3 +63,31 @@ def test_rejects_unknown_group_and_nan():
     with pytest.raises(ValueError, match="NaN"):
         lowest_k_mask(torch.tensor([[float("nan"), 1.0]]), sparsity=0.5, group="row",
                       prio=torch.zeros(1, 2, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_equals_selection_by_the_fused_key_on_vote_counts(group):
+    # Vote counts (noisy ones may be negative) tie massively: the result must equal the k smallest fused
+    # (score, priority) keys, computed here with a full sort.
+    g = torch.Generator().manual_seed(0)
+    for shape, hi in (((20, 30), 5), ((8, 9), 17), ((16, 16), 2)):
+        score = -torch.randint(-3, hi, shape, generator=g).float()
+        prio = priority(shape=shape, group=group, seed=2, tag="m")
+        key = ordered_key(score, prio.expand(shape))
+        for sp in (0.25, 0.5):
+            if group == "layer":
+                k = int(shape[0] * shape[1] * sp)
+                expected = torch.zeros(shape[0] * shape[1], dtype=torch.bool)
+                expected[key.reshape(-1).argsort()[:k]] = True
+                expected = expected.view(shape)
+            else:
+                dim = 1 if group == "row" else 0
+                expected = key.argsort(dim=dim).argsort(dim=dim) < int(shape[dim] * sp)
+            assert torch.equal(lowest_k_mask(score, sparsity=sp, group=group, prio=prio), expected)
+
+
+def test_row_batches_with_continuous_scores_take_the_fast_path():
+    score = torch.rand(16, 33, generator=torch.Generator().manual_seed(1))
+    prio = priority(shape=(16, 33), group="row", seed=3, tag="t")
+    expected = ordered_key(score, prio.expand(16, 33)).argsort(dim=1).argsort(dim=1) < 16
+    assert torch.equal(lowest_k_mask(score, sparsity=0.5, group="row", prio=prio), expected)
