@@ -76,25 +76,35 @@ def _secure_counts(summer: SecureSum, masks: MaskSet, name: str) -> torch.Tensor
 
 
 class _Checkpoint:
-    """Per-layer checkpoint: the next layer's inputs and the masks so far, in ``folder``."""
+    """Per-layer checkpoint in ``folder``: ``layer{l}.pt`` holds layer l's masks (written once), and
+    ``state.pt`` the next layer's inputs, so each save costs one layer, not everything so far."""
 
     def __init__(self, folder: Path | None, fingerprint: str) -> None:
         self.folder = folder
         self.fingerprint = fingerprint
 
-    def load(self):
+    def _write(self, name: str, obj: dict) -> None:
+        assert self.folder is not None
+        tmp = self.folder / f"{name}.tmp"
+        torch.save(obj, tmp)
+        os.replace(tmp, self.folder / name)
+
+    def load(self) -> tuple[int, torch.Tensor, list[dict]] | None:
+        """(next layer, its inputs, per-layer mask states) or None when there is nothing to resume."""
         if self.folder is None or not (self.folder / "state.pt").exists():
             return None
         state = torch.load(self.folder / "state.pt", weights_only=False)
-        return state if state.get("fingerprint") == self.fingerprint else None
+        if state.get("fingerprint") != self.fingerprint:
+            return None
+        layers = [torch.load(self.folder / f"layer{li}.pt", weights_only=False) for li in range(state["layer"])]
+        return state["layer"], state["inps"], layers
 
-    def save(self, state: dict) -> None:
+    def save(self, layer: int, inps: torch.Tensor, layer_state: dict) -> None:
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / "state.pt.tmp"
-        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
-        os.replace(tmp, self.folder / "state.pt")
+        self._write(f"layer{layer}.pt", layer_state)
+        self._write("state.pt", {"layer": layer + 1, "inps": inps.cpu(), "fingerprint": self.fingerprint})
 
 
 def fingerprint(windows: torch.Tensor, parts: list[np.ndarray], **config) -> str:
@@ -129,11 +139,14 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
     client_masks = MaskSet(m)
     counts: dict[str, torch.Tensor] = {}
     final: dict[str, torch.Tensor] = {}
-    state = ckpt.load()
-    if state is not None:
-        start, inps = state["layer"], state["inps"].to(device)
-        client_masks.packed, client_masks.shapes = state["packed"], state["shapes"]
-        counts, final = state["counts"], state["final"]
+    resumed = ckpt.load()
+    if resumed is not None:
+        start, inps, done = resumed[0], resumed[1].to(device), resumed[2]
+        for st in done:
+            client_masks.packed.update(st["packed"])
+            client_masks.shapes.update(st["shapes"])
+            counts.update(st["counts"])
+            final.update(st["final"])
     else:
         start = 0
         inps = first_layer_inputs(model, windows, batch_size=spec.batch_size)
@@ -203,8 +216,11 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
         for n, lin in lins.items():
             lin.weight.data = dense[n]
         inps = outs
-        ckpt.save({"layer": li + 1, "inps": inps.cpu(), "packed": client_masks.packed,
-                   "shapes": client_masks.shapes, "counts": counts, "final": final})
+        names = [f"layers.{li}.{n}" for n in lins]
+        ckpt.save(li, inps, {"packed": {n: client_masks.packed[n] for n in names},
+                             "shapes": {n: client_masks.shapes[n] for n in names},
+                             "counts": {n: counts[n] for n in names if n in counts},
+                             "final": {n: final[n] for n in names if n in final}})
 
     if strategy == "one-shot":  # steps 2-4 happen once, after every layer's local mask exists
         for name in client_masks.names():

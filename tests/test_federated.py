@@ -224,9 +224,10 @@ def test_sparsegpt_update_reduces_reconstruction_error():
     assert err_update < 0.8 * err_plain
 
 
-def test_checkpoint_resumes_to_same_result(model, windows, tmp_path):
+@pytest.mark.parametrize("strategy", ["one-shot", "iterative"])
+def test_checkpoint_resumes_to_same_result(model, windows, tmp_path, strategy):
     parts = [np.arange(4), np.arange(4, 8)]
-    full = run(model, windows, parts)
+    full = run(model, windows, parts, strategy=strategy)
     ckpt = tmp_path / "ck"
 
     calls = []
@@ -237,14 +238,15 @@ def test_checkpoint_resumes_to_same_result(model, windows, tmp_path):
             raise KeyboardInterrupt
     handle = decoder_layers(model)[1].register_forward_pre_hook(crash)
     with pytest.raises(KeyboardInterrupt):
-        run(model, windows, parts, checkpoint=ckpt)
+        run(model, windows, parts, checkpoint=ckpt, strategy=strategy)
     handle.remove()
     state = torch.load(ckpt / "state.pt", weights_only=False)
     assert state["layer"] == 1  # layer 0 was finished and saved
     for lin in all_prunable(model).values():  # the crash left layer 0 restored? it must have been
         assert (lin.weight != 0).float().mean() > 0.99
-    resumed = run(model, windows, parts, checkpoint=ckpt)
+    resumed = run(model, windows, parts, checkpoint=ckpt, strategy=strategy)
     assert all(torch.equal(full.final[n], resumed.final[n]) for n in full.final)
+    assert all(torch.equal(full.counts[n], resumed.counts[n]) for n in full.counts)
 
 
 def test_generic_layers_gemma3_replays_per_layer_masks_and_rope():
