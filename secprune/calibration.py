@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,7 @@ def build(cfg: PruneConfig, tokenizer) -> Calibration:
     return Calibration(windows, parts, sources, info)
 
 
+@lru_cache(maxsize=8)  # one run evaluates many masks on the same windows: read and tokenize once
 def eval_set(name: str, tokenizer, *, seqlen: int, max_windows: int | None) -> torch.Tensor:
     ids = data.tokenize(tokenizer, data.corpus_text(name, "test"), cache_key=f"{name}-test")
     return data.eval_windows(ids, seqlen=seqlen, max_windows=max_windows or None)

@@ -29,7 +29,7 @@ from secprune.aggregate import final_mask, pruned_weight, scale_factor
 from secprune.capture import first_layer_inputs, layer_kwargs, run_layer
 from secprune.masks import MaskSet
 from secprune.methods import Method
-from secprune.model import decoder_layers, prunable_linears
+from secprune.model import all_prunable, decoder_layers, prunable_linears
 from secprune.secagg import SecureSum, make_summer
 from secprune.topk import priority
 
@@ -232,8 +232,6 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
 def apply_masks(model, masks: dict[str, torch.Tensor], *, scales: dict[str, torch.Tensor] | None = None
                 ) -> dict[str, torch.Tensor]:
     """Prune the model in place; returns the dense weights so that ``restore`` can undo it."""
-    from secprune.model import all_prunable
-
     lins = all_prunable(model)
     backup = {}
     for name, mask in masks.items():
@@ -244,8 +242,6 @@ def apply_masks(model, masks: dict[str, torch.Tensor], *, scales: dict[str, torc
 
 
 def restore(model, backup: dict[str, torch.Tensor]) -> None:
-    from secprune.model import all_prunable
-
     lins = all_prunable(model)
     for name, w in backup.items():
         lins[name].weight.data = w
