@@ -22,7 +22,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with [prune] keys; flags override it")
     for f in fields(PruneConfig):
         flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
+        if str(f.type).startswith("bool"):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif "list" in str(f.type):
             p.add_argument(flag, nargs="*", default=None)

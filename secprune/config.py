@@ -15,13 +15,13 @@ from secprune.topk import GROUPS
 class PruneConfig:
     model: str = "smollm2-135m"
     algorithm: str = "fedprllm"
-    method: str = "wanda"
-    sparsegpt_update: bool = False
+    method: str = "auto"  # auto: wanda for fedprllm, sparsegpt (+ OBS update) for fedspallm
+    sparsegpt_update: bool | None = None  # None: off for fedprllm, on (required) for fedspallm
     clients: int = 16
     nsamples: int = 32
     seqlen: int = 512
     sparsity: float = 0.5
-    local_group: str = "row"
+    local_group: str = "auto"  # auto: row (Wanda's per-output comparison); fedspallm: layer (SparseGPT's)
     server_group: str = "layer"
     strategy: str = "one-shot"
     scaling: bool = False
@@ -60,13 +60,37 @@ class PruneConfig:
                 raise UsageError(msg)
 
         need(0.0 < self.sparsity < 1.0, f"--sparsity must lie in (0, 1), got {self.sparsity}")
-        need(self.method in METHODS, f"--method: expected one of {', '.join(METHODS)}, got {self.method!r}")
         need(self.algorithm in ("fedprllm", "fedspallm"),
              f"--algorithm: expected fedprllm or fedspallm, got {self.algorithm!r}")
+        need(self.method == "auto" or self.method in METHODS,
+             f"--method: expected auto or one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.algorithm == "fedspallm":  # clients send SparseGPT-updated weights for Eq. 5 (FedSpaLLM Sec. 5)
+            need(self.method in ("auto", "sparsegpt"),
+                 f"--method {self.method}: --algorithm fedspallm runs SparseGPT with its OBS update at the clients "
+                 "(Eq. 5 averages updated weights); use --algorithm fedprllm for other methods")
+            need(self.sparsegpt_update is not False,
+                 "--no-sparsegpt-update: --algorithm fedspallm needs SparseGPT's OBS weight update (Eq. 5 averages "
+                 "the clients' updated weights)")
+            for flag, ok in ((f"--strategy {self.strategy}", self.strategy == "one-shot"),
+                             (f"--server-group {self.server_group}", self.server_group == "layer"),
+                             ("--scaling", not self.scaling)):
+                need(ok, f"{flag}: a FedPrLLM option; --algorithm fedspallm aggregates weights by Eq. 5 "
+                         "(see --rounds, --expansion, --layer-sampling)")
+            self.method, self.sparsegpt_update = "sparsegpt", True
+            self.local_group = "layer" if self.local_group == "auto" else self.local_group
+        else:
+            for flag, ok in ((f"--rounds {self.rounds}", self.rounds == 1), ("--no-expansion", self.expansion),
+                             ("--layer-sampling", not self.layer_sampling), ("--resources", not self.resources),
+                             (f"--fixed-point-bits {self.fixed_point_bits}", self.fixed_point_bits == 16)):
+                need(ok, f"{flag}: a FedSpaLLM option; pass --algorithm fedspallm "
+                         "(FedPrLLM's own rounds are --strategy iterative)")
+            self.method = "wanda" if self.method == "auto" else self.method
+            self.sparsegpt_update = bool(self.sparsegpt_update)
+            self.local_group = "row" if self.local_group == "auto" else self.local_group
         need(self.clients >= 1, f"--clients must be >= 1, got {self.clients}")
         need(self.nsamples >= 1, f"--nsamples must be >= 1, got {self.nsamples}")
         need(self.seqlen >= 2, f"--seqlen must be >= 2, got {self.seqlen}")
-        need(self.local_group in GROUPS, f"--local-group: expected one of {', '.join(GROUPS)}")
+        need(self.local_group in GROUPS, f"--local-group: expected auto or one of {', '.join(GROUPS)}")
         need(self.server_group in GROUPS, f"--server-group: expected one of {', '.join(GROUPS)}")
         need(self.strategy in STRATEGIES, f"--strategy: expected one of {', '.join(STRATEGIES)}")
         need(self.partition in ("iid", "dirichlet"), f"--partition: expected iid or dirichlet, got {self.partition!r}")
@@ -96,8 +120,6 @@ class PruneConfig:
              f"--resources: expected 1 value or one per client, got {len(self.resources)}")
         need(self.algorithm == "fedspallm" or "random" not in self.baselines,
              "--baselines random: only with --algorithm fedspallm")
-        if self.algorithm == "fedspallm":  # clients run SparseGPT with its OBS weight update (paper Sec. 5)
-            self.method, self.sparsegpt_update = "sparsegpt", True
         # --- end FedSpaLLM ---
         if self.client_data:
             self.clients = len(self.client_data)

@@ -15,9 +15,6 @@ A centralized run is the special case of one client holding every window.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from tqdm.auto import tqdm
 
 from secprune.aggregate import final_mask, pruned_weight, scale_factor
 from secprune.capture import first_layer_inputs, layer_kwargs, run_layer
+from secprune.checkpoint import StepCheckpoint, fingerprint, model_id
 from secprune.masks import MaskSet
 from secprune.methods import Method
 from secprune.model import all_prunable, decoder_layers, prunable_linears
@@ -75,45 +73,6 @@ def _secure_counts(summer: SecureSum, masks: MaskSet, name: str) -> torch.Tensor
     return torch.from_numpy(total.astype(np.int64)).view(masks.shapes[name])
 
 
-class _Checkpoint:
-    """Per-layer checkpoint in ``folder``: ``layer{l}.pt`` holds layer l's masks (written once), and
-    ``state.pt`` the next layer's inputs, so each save costs one layer, not everything so far."""
-
-    def __init__(self, folder: Path | None, fingerprint: str) -> None:
-        self.folder = folder
-        self.fingerprint = fingerprint
-
-    def _write(self, name: str, obj: dict) -> None:
-        assert self.folder is not None
-        tmp = self.folder / f"{name}.tmp"
-        torch.save(obj, tmp)
-        os.replace(tmp, self.folder / name)
-
-    def load(self) -> tuple[int, torch.Tensor, list[dict]] | None:
-        """(next layer, its inputs, per-layer mask states) or None when there is nothing to resume."""
-        if self.folder is None or not (self.folder / "state.pt").exists():
-            return None
-        state = torch.load(self.folder / "state.pt", weights_only=False)
-        if state.get("fingerprint") != self.fingerprint:
-            return None
-        layers = [torch.load(self.folder / f"layer{li}.pt", weights_only=False) for li in range(state["layer"])]
-        return state["layer"], state["inps"], layers
-
-    def save(self, layer: int, inps: torch.Tensor, layer_state: dict) -> None:
-        if self.folder is None:
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._write(f"layer{layer}.pt", layer_state)
-        self._write("state.pt", {"layer": layer + 1, "inps": inps.cpu(), "fingerprint": self.fingerprint})
-
-
-def fingerprint(windows: torch.Tensor, parts: list[np.ndarray], **config) -> str:
-    h = hashlib.sha256(windows.numpy().tobytes())
-    h.update(json.dumps([p.tolist() for p in parts]).encode())
-    h.update(json.dumps(config, sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
 @torch.no_grad()
 def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, spec: LocalSpec,
                     strategy: str = "one-shot", server_group: str = "layer", scaling: bool = False,
@@ -133,16 +92,17 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
         raise ValueError("client partitions must cover every window exactly once")
 
     layers = decoder_layers(model)
-    ckpt = _Checkpoint(checkpoint, fingerprint(windows, parts, method=spec.method.name, sparsity=spec.sparsity,
-                                               local_group=spec.local_group, seed=spec.seed, strategy=strategy,
-                                               server_group=server_group, scaling=scaling))
+    ckpt = StepCheckpoint(checkpoint, fingerprint(windows, parts, algorithm="fedprllm", model=model_id(model),
+                                                  method=spec.method.name, sparsity=spec.sparsity,
+                                                  local_group=spec.local_group, seed=spec.seed, strategy=strategy,
+                                                  server_group=server_group, scaling=scaling))
     client_masks = MaskSet(m)
     counts: dict[str, torch.Tensor] = {}
     final: dict[str, torch.Tensor] = {}
     resumed = ckpt.load()
     if resumed is not None:
-        start, inps, done = resumed[0], resumed[1].to(device), resumed[2]
-        for st in done:
+        start, inps = resumed.step, resumed.inps.to(device)
+        for st in resumed.steps:
             client_masks.packed.update(st["packed"])
             client_masks.shapes.update(st["shapes"])
             counts.update(st["counts"])

@@ -110,6 +110,30 @@ def test_failed_run_leaves_no_output_and_resumes(tiny_folder, client_files, tmp_
     assert (out / "summary.json").exists() and not (tmp_path / "run.partial").exists()
 
 
+def test_fedspallm_run_resumes_without_repruning(tiny_folder, client_files, tmp_path, monkeypatch):
+    import secprune.fedspallm.driver as driver_mod
+    import secprune.fedspallm.run as fs_run
+
+    out = tmp_path / "run"
+    args = ["prune", "--algorithm", "fedspallm", "--model", str(tiny_folder), "--client-data", *client_files,
+            "--nsamples", "4", "--seqlen", "16", "--eval", "ptb", "--eval-windows", "1", "--eval-seqlen", "16",
+            "--baselines", "--out", str(out), "--quiet"]
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(fs_run, "evaluate", boom)  # pruning finishes, the evaluation after it fails
+    with pytest.raises(RuntimeError):
+        main(args)
+    assert not out.exists()
+    assert (tmp_path / "run.partial" / "fedspallm" / "state.pt").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(driver_mod, "first_layer_inputs", boom)  # any re-pruning would call this first
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sparsity"]["overall"] == pytest.approx(0.5, abs=1e-3)
+    assert not (tmp_path / "run.partial").exists()
+
+
 def test_toml_config_is_read_and_flags_override(tiny_folder, client_files, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[prune]\nmodel = "{tiny_folder}"\nsparsity = 0.7\nnsamples = 4\nseqlen = 16\n'

@@ -241,7 +241,7 @@ def test_checkpoint_resumes_to_same_result(model, windows, tmp_path, strategy):
         run(model, windows, parts, checkpoint=ckpt, strategy=strategy)
     handle.remove()
     state = torch.load(ckpt / "state.pt", weights_only=False)
-    assert state["layer"] == 1  # layer 0 was finished and saved
+    assert state["step"] == 1  # layer 0 was finished and saved
     for lin in all_prunable(model).values():  # the crash left layer 0 restored? it must have been
         assert (lin.weight != 0).float().mean() > 0.99
     resumed = run(model, windows, parts, checkpoint=ckpt, strategy=strategy)

@@ -194,3 +194,93 @@ def test_first_layer_inputs_unchanged_by_driver():
     before = first_layer_inputs(model, wins)
     fedspallm_prune(model, wins, split(4, 2), spec=FedSpaSpec(sparsity=0.5), progress=False)
     torch.testing.assert_close(first_layer_inputs(model, wins), before)
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(step_to_crash: int, n_layers: int):
+    def on_layer(t, li):
+        if t * n_layers + li == step_to_crash:
+            raise _Crash
+    return on_layer
+
+
+@pytest.mark.parametrize(("crash_step", "secure"), [(2, None), (3, None), (5, "pairwise")])
+def test_checkpoint_resume_gives_identical_result(tmp_path, crash_step, secure):
+    # prepare: 2 rounds x 3 layers with layer sampling; crash mid-round 1 (step 2 = round 0, layer 2 is the
+    # round boundary; step 3 = round 1, layer 0; step 5 = the last step, secure sums)
+    model, wins = tiny_model(layers=3), windows()
+    parts = split(len(wins), 3)
+    spec = FedSpaSpec(sparsity=0.6, rounds=2, layer_sampling=True, resources=[1.0, 0.5, 0.5], seed=3)
+    full = fedspallm_prune(model, wins, parts, spec=spec, secure=secure, keep_clients=[0], progress=False)
+    ck = tmp_path / "ck"
+
+    # execute: a run that dies after `crash_step`, then the same call again
+    with pytest.raises(_Crash):
+        fedspallm_prune(model, wins, parts, spec=spec, secure=secure, keep_clients=[0], progress=False,
+                        checkpoint=ck, on_layer=_crash_after(crash_step, 3))
+    assert torch.load(ck / "state.pt", weights_only=False)["step"] == crash_step + 1
+    seen = []
+    resumed = fedspallm_prune(model, wins, parts, spec=spec, secure=secure, keep_clients=[0], progress=False,
+                              checkpoint=ck, on_layer=lambda t, li: seen.append(t * 3 + li))
+
+    # assert: only the missing steps ran, and everything equals the uninterrupted run
+    assert seen == list(range(crash_step + 1, 6))
+    for field in ("weights", "masks", "counts"):
+        a, b = getattr(full, field), getattr(resumed, field)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert full.participants == resumed.participants
+    assert full.standalone.keys() == resumed.standalone.keys() == {0}
+    assert all(torch.equal(full.standalone[0][k], resumed.standalone[0][k]) for k in full.standalone[0])
+    assert full.rounds == resumed.rounds
+    assert full.communication == resumed.communication
+    if secure:
+        assert resumed.secagg["total_bytes"] == full.secagg["total_bytes"] > 0
+        assert any(s.get("before_resume") for s in resumed.secagg["summers"])
+
+
+def test_checkpoint_of_another_run_is_ignored(tmp_path):
+    model, wins = tiny_model(), windows(n=6)
+    parts = split(len(wins), 2)
+    ck = tmp_path / "ck"
+    with pytest.raises(_Crash):
+        fedspallm_prune(model, wins, parts, spec=FedSpaSpec(sparsity=0.5), progress=False, checkpoint=ck,
+                        on_layer=_crash_after(0, 2))
+    seen = []
+    other = fedspallm_prune(model, wins, parts, spec=FedSpaSpec(sparsity=0.7), progress=False, checkpoint=ck,
+                            on_layer=lambda t, li: seen.append(li))
+    assert seen == [0, 1]  # different sparsity: nothing resumed
+    assert all(int(m.sum()) == target_pruned(sparsity=0.7, numel=m.numel()) for m in other.masks.values())
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["--algorithm", "fedspallm", "--method", "wanda"], "--method wanda"),
+    (["--algorithm", "fedspallm", "--no-sparsegpt-update"], "--no-sparsegpt-update"),
+    (["--algorithm", "fedspallm", "--strategy", "iterative"], "--strategy iterative"),
+    (["--algorithm", "fedspallm", "--scaling"], "--scaling"),
+    (["--rounds", "3"], "--rounds 3"),
+    (["--layer-sampling"], "--layer-sampling"),
+    (["--no-expansion"], "--no-expansion"),
+])
+def test_options_of_the_other_algorithm_are_refused(tmp_path, capsys, args, flag):
+    from secprune.cli import main
+
+    code = main(["prune", *args, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and flag in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_auto_defaults_follow_the_algorithm():
+    from secprune.config import PruneConfig
+
+    fed = PruneConfig(algorithm="fedspallm").validate()
+    assert (fed.method, fed.sparsegpt_update, fed.local_group) == ("sparsegpt", True, "layer")
+    explicit = PruneConfig(algorithm="fedspallm", method="sparsegpt", sparsegpt_update=True,
+                           local_group="row").validate()
+    assert (explicit.method, explicit.local_group) == ("sparsegpt", "row")
+    pr = PruneConfig().validate()
+    assert (pr.method, pr.sparsegpt_update, pr.local_group) == ("wanda", False, "row")
+    assert PruneConfig(method="sparsegpt", sparsegpt_update=True).validate().sparsegpt_update is True

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -28,10 +30,10 @@ def random_masks(model, *, sparsity: float, seed: int) -> dict[str, torch.Tensor
 
 
 def standalone_model(model, windows: torch.Tensor, idx: np.ndarray, *, spec: FedSpaSpec,
-                     progress: bool = False) -> dict[str, torch.Tensor]:
+                     progress: bool = False, checkpoint: Path | None = None) -> dict[str, torch.Tensor]:
     """Client-alone SparseGPT (with OBS update) on the windows ``idx``: one client, one round, every layer."""
     solo = FedSpaSpec(sparsity=spec.sparsity, rounds=1, expansion=False, layer_sampling=False,
                       local_group=spec.local_group, seed=spec.seed, batch_size=spec.batch_size, method=spec.method)
     res = fedspallm_prune(model, windows[torch.as_tensor(idx)], [np.arange(len(idx))], spec=solo,
-                          keep_clients=[0], desc="standalone", progress=progress)
+                          keep_clients=[0], desc="standalone", progress=progress, checkpoint=checkpoint)
     return res.standalone[0]

@@ -55,6 +55,18 @@ class CommLog:
         self.final["mask_bits"] += m
         self.final["bytes"] += b
 
+    def state(self) -> dict:
+        """Plain-dict copy (for checkpoints); :meth:`load_state` puts it back."""
+        return {"rounds": {t: {i: dict(r) for i, r in c.items()} for t, c in self.rounds.items()},
+                "final": dict(self.final), "model_entries": self.model_entries}
+
+    def load_state(self, state: dict) -> None:
+        for t, clients in state["rounds"].items():
+            for i, rec in clients.items():
+                self.rounds[t][i].update(rec)
+        self.final.update(state["final"])
+        self.model_entries = state["model_entries"]
+
     def summary(self) -> dict:
         per_round = []
         for t in sorted(self.rounds):

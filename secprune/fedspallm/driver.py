@@ -26,13 +26,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from secprune.capture import first_layer_inputs, layer_kwargs, run_layer
-from secprune.fedspallm.aggregate import DEFAULT_CLIP_FACTOR, FixedPoint, LayerAggregate, aggregate_matrix
+from secprune.checkpoint import StepCheckpoint, fingerprint, model_id
+from secprune.fedspallm.aggregate import DEFAULT_CLIP_FACTOR, FixedPoint, aggregate_matrix
 from secprune.fedspallm.comm import CommLog
 from secprune.fedspallm.sampling import schedule as make_schedule
 from secprune.methods import Method, SparseGPT
@@ -48,7 +50,7 @@ class FedSpaSpec:
     expansion: bool = True
     layer_sampling: bool = False
     resources: list[float] = field(default_factory=list)  # fractions of the layers per round (Eq. 8)
-    local_group: str = "row"  # SparseGPT's comparison group inside each 128-column block
+    local_group: str = "layer"  # SparseGPT's comparison group inside each 128-column block (layer = original)
     seed: int = 0
     batch_size: int = 8
     method: Method | None = None  # default: SparseGPT with the OBS weight update
@@ -79,6 +81,7 @@ class _Summers:
     def __init__(self, backend: str, *, bits: int, seed: int, options: dict) -> None:
         self.backend, self.bits, self.seed, self.options = backend, bits, seed, options
         self.cache: dict[tuple[int, str], SecureSum] = {}
+        self.prior: list[dict] = []  # summers' stats from before a resume (their bytes were sent too)
 
     def get(self, n: int, kind: str) -> SecureSum:
         if (n, kind) not in self.cache:
@@ -92,6 +95,7 @@ class _Summers:
         for (n, kind), s in sorted(self.cache.items()):
             st = {k: v for k, v in s.stats().items() if k != "per_round"}
             out.append({"participants": n, "kind": kind, **st})
+        out += self.prior
         return {"backend": self.backend, "fixed_point_bits": self.bits, "summers": out,
                 "total_bytes": int(sum(s["total_bytes"] for s in out))}
 
@@ -104,12 +108,15 @@ def _sent(summer: SecureSum) -> dict[str, int]:
 def fedspallm_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, spec: FedSpaSpec,
                     secure: str | None = None, secagg_options: dict | None = None,
                     keep_clients: tuple[int, ...] | list[int] = (), desc: str = "fedspallm",
-                    progress: bool = True, on_layer: Callable[[int, int], None] | None = None) -> FedSpaResult:
+                    progress: bool = True, checkpoint: Path | None = None,
+                    on_layer: Callable[[int, int], None] | None = None) -> FedSpaResult:
     """Run ``spec.rounds`` rounds of FedSpaLLM over ``windows`` (n, seqlen) split into client index sets ``parts``.
 
     ``secure`` names a :func:`~secprune.secagg.make_summer` backend: the sums of Eq. 5 then go through it as
     fixed-point integers (``"none"`` = the plaintext summer, same code path); ``None`` aggregates in float.
     The model's weights are left dense; the global model is returned in ``FedSpaResult.weights``.
+    With ``checkpoint`` (a folder) every (round, layer) step is saved there, and a rerun with the same data
+    and configuration resumes after the last saved step. ``on_layer(t, l)`` is called after each step.
     """
     method = spec.local_method()
     n_clients = len(parts)
@@ -129,19 +136,47 @@ def fedspallm_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
     comm = CommLog(n_clients=n_clients, value_bytes=spec.value_bytes)
     comm.model_entries = sum(lin.weight.numel() for layer in layers for lin in prunable_linears(layer).values())
 
+    keep = [i for i in keep_clients if all(li in plan[0][i] for li in range(n_layers))]
+    ckpt = StepCheckpoint(checkpoint, fingerprint(
+        windows, parts, algorithm="fedspallm", model=model_id(model), secure=secure, secagg=secagg_options,
+        keep=keep, method=[method.name, getattr(method, "update", None)],
+        spec={k: v for k, v in vars(spec).items() if k != "method"}))
+
     global_w: dict[str, torch.Tensor] = {}  # aggregated matrices (absent = still dense)
     masks: dict[str, torch.Tensor] = {}
     counts: dict[str, torch.Tensor] = {}
     participants: dict[str, int] = {}
-    keep = [i for i in keep_clients if all(li in plan[0][i] for li in range(n_layers))]
     standalone: dict[int, dict[str, torch.Tensor]] = {i: {} for i in keep}
-    round_logs = []
+    summaries: list[list[dict]] = [[] for _ in range(spec.rounds)]  # per round: one dict per aggregated matrix
 
-    for t in range(spec.rounds):
+    def absorb(step: dict) -> None:  # one (round, layer) step's results into the run state
+        global_w.update({k: v.to(device) for k, v in step["global"].items()})
+        masks.update(step["masks"])
+        counts.update(step["counts"])
+        participants.update(step["participants"])
+        for i, ws in step["standalone"].items():
+            standalone[i].update(ws)
+        summaries[step["round"]].extend(step["summaries"])
+
+    start, inps = 0, None
+    resumed = ckpt.load()
+    if resumed is not None:
+        start = resumed.step
+        for st in resumed.steps:
+            absorb(st)
+        comm.load_state(resumed.extra["comm"])
+        if summers is not None:
+            summers.prior = [s | {"before_resume": True} for s in resumed.extra.get("secagg", [])]
+        if start % n_layers:
+            inps = resumed.inps.to(device)
+
+    for t in range(start // n_layers, spec.rounds):
         sched = plan[t]
-        inps = first_layer_inputs(model, windows, batch_size=spec.batch_size)
-        aggs: list[LayerAggregate] = []
-        bar = tqdm(range(n_layers), desc=f"{desc} round {t + 1}/{spec.rounds}", disable=not progress)
+        first = start % n_layers if t == start // n_layers else 0
+        if first == 0:
+            inps = first_layer_inputs(model, windows, batch_size=spec.batch_size)
+        bar = tqdm(range(first, n_layers), desc=f"{desc} round {t + 1}/{spec.rounds}", disable=not progress,
+                   initial=first, total=n_layers)
         for li in bar:
             layer, kw = layers[li], kwargs[li]
             lins = prunable_linears(layer)
@@ -195,6 +230,8 @@ def fedspallm_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
                 lin.weight.data = dense[n]
 
             # line 13: uploads; lines 15-18: server aggregation of this layer
+            step: dict = {"round": t, "global": {}, "masks": {}, "counts": {}, "participants": {},
+                          "standalone": {i: {} for i in keep}, "summaries": []}
             for n in lins:
                 full = f"layers.{li}.{n}"
                 if not clients:
@@ -204,7 +241,7 @@ def fedspallm_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
                 for i, m in zip(clients, ms, strict=True):
                     comm.upload(round=t, client=i, numel=m.numel(), kept=int((~m).sum()))
                     if t == 0 and i in standalone:
-                        standalone[i][full] = ws[slot[i]].to("cpu").clone()
+                        step["standalone"][i][full] = ws[slot[i]].to("cpu").clone()
                 code, wsum, msum, before = None, None, None, {}
                 if summers is not None:
                     bound = spec.clip_factor * float(received[n].abs().max())
@@ -220,29 +257,23 @@ def fedspallm_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
                             party = f"client{k}"
                             comm.secure_upload(round=t, client=i,
                                                nbytes=after.get(party, 0) - before[key].get(party, 0))
-                global_w[full] = agg.weight.to(device, dense[n].dtype)
-                masks[full] = agg.mask
-                counts[full] = agg.counts
-                participants[full] = len(clients)
-                aggs.append(agg)
+                step["global"][full] = agg.weight.to("cpu", dense[n].dtype)
+                step["masks"][full] = agg.mask.cpu()
+                step["counts"][full] = agg.counts.cpu()
+                step["participants"][full] = len(clients)
+                step["summaries"].append({"numel": agg.mask.numel(), "pruned": int(agg.mask.sum()),
+                                          "intersection_sparsity": agg.intersection_sparsity, "k": agg.k,
+                                          "max_abs_error": agg.max_abs_error, "clipped": agg.clipped})
+            absorb(step)
             inps = outs
             del results
+            ckpt.save(t * n_layers + li, inps, step,
+                      extra={"comm": comm.state(), "secagg": summers.stats()["summers"] if summers else []})
             if on_layer is not None:
                 on_layer(t, li)
 
-        pruned = sum(int(a.mask.sum()) for a in aggs)
-        numel = sum(a.mask.numel() for a in aggs)
-        round_logs.append({
-            "round": t,
-            "layers_per_client": [len(x) for x in sched],
-            "clients_per_layer": [sum(li in x for x in sched) for li in range(n_layers)],
-            "sparsity_intersection": sum(a.intersection_sparsity * a.mask.numel() for a in aggs) / max(numel, 1),
-            "sparsity": pruned / max(numel, 1),
-            "expansion_k_total": int(sum(max(a.k, 0) for a in aggs)) if spec.expansion else 0,
-            "fixed_point_max_abs_error": max((a.max_abs_error for a in aggs), default=0.0),
-            "fixed_point_clipped": int(sum(a.clipped for a in aggs)),
-        })
-
+    round_logs = [_round_log(t, plan[t], summaries[t], n_layers=n_layers, expansion=spec.expansion)
+                  for t in range(spec.rounds)]
     for mask in masks.values():
         comm.final_download(numel=mask.numel(), kept=int((~mask).sum()))
     secagg = summers.stats() if summers is not None else {"backend": None}
@@ -253,6 +284,21 @@ def fedspallm_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
         secagg["error_bound_note"] = "per entry <= bound / 2^(bits+1), bound = clip_factor * max|W| per matrix"
     return FedSpaResult({k: v.to("cpu") for k, v in global_w.items()}, masks, counts, participants, plan,
                         standalone, comm.summary(), secagg, round_logs)
+
+
+def _round_log(t: int, sched: list[list[int]], summ: list[dict], *, n_layers: int, expansion: bool) -> dict:
+    """Sparsity before (clients' intersection) and after expansion, Eq. 7's k and fixed-point error of round t."""
+    numel = max(sum(a["numel"] for a in summ), 1)
+    return {
+        "round": t,
+        "layers_per_client": [len(x) for x in sched],
+        "clients_per_layer": [sum(li in x for x in sched) for li in range(n_layers)],
+        "sparsity_intersection": sum(a["intersection_sparsity"] * a["numel"] for a in summ) / numel,
+        "sparsity": sum(a["pruned"] for a in summ) / numel,
+        "expansion_k_total": int(sum(max(a["k"], 0) for a in summ)) if expansion else 0,
+        "fixed_point_max_abs_error": max((a["max_abs_error"] for a in summ), default=0.0),
+        "fixed_point_clipped": int(sum(a["clipped"] for a in summ)),
+    }
 
 
 def _collect_stats(method: Method, layer, lins: dict, inps: torch.Tensor, kw: dict, *, idx_part: np.ndarray,

@@ -72,7 +72,8 @@ def run_fedspallm(cfg: PruneConfig, tmp: Path, partial: Path, *, progress: bool 
     timings: dict[str, float] = {}
     t = time.perf_counter()
     fed = fedspallm_prune(model, calib.windows, calib.parts, spec=spec, secure=secure, secagg_options=options,
-                          keep_clients=list(range(n_standalone)), desc="fedspallm", progress=progress)
+                          keep_clients=list(range(n_standalone)), desc="fedspallm", progress=progress,
+                          checkpoint=partial / "fedspallm")
     timings["fedspallm_prune_s"] = time.perf_counter() - t
 
     results: dict[str, dict] = {}
@@ -89,7 +90,8 @@ def run_fedspallm(cfg: PruneConfig, tmp: Path, partial: Path, *, progress: bool 
         for i in range(n_standalone):
             w = fed.standalone.get(i)
             if w is None:  # layer sampling: the client never pruned its whole model in round 1
-                w = standalone_model(model, calib.windows, calib.parts[i], spec=spec)
+                w = standalone_model(model, calib.windows, calib.parts[i], spec=spec,
+                                     checkpoint=partial / f"standalone{i}")
             per_client.append(evaluate_weights(model, tok, cfg, w, f"standalone {i}", progress))
         results["standalone"] = {name: float(np.mean([r[name] for r in per_client])) for name in cfg.eval} | {
             "clients_evaluated": n_standalone, "per_client": per_client}
@@ -99,7 +101,8 @@ def run_fedspallm(cfg: PruneConfig, tmp: Path, partial: Path, *, progress: bool 
         results["random"] = evaluate(model, tok, cfg, masks, None, "random", progress=progress)
     if "centralized" in cfg.baselines:
         t = time.perf_counter()
-        w = standalone_model(model, calib.windows, np.arange(len(calib.windows)), spec=spec, progress=progress)
+        w = standalone_model(model, calib.windows, np.arange(len(calib.windows)), spec=spec, progress=progress,
+                             checkpoint=partial / "centralized")
         timings["centralized_prune_s"] = time.perf_counter() - t
         results["centralized"] = evaluate_weights(model, tok, cfg, w, "centralized", progress)
 

@@ -1,0 +1,70 @@
+"""Step checkpoints for layer-by-layer pruning runs, so an interrupted run resumes where it stopped.
+
+A run is a sequence of steps (FedPrLLM: one per decoder layer; FedSpaLLM: one per (round, layer)).
+``step{s}.pt`` holds what step ``s`` produced (written once); ``state.pt`` holds the inputs of the next
+step's layer and small run-level state (communication logs, ...), so each save costs one step, not
+everything so far. A fingerprint of data and configuration guards against resuming a different run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def fingerprint(windows: torch.Tensor, parts: list[np.ndarray], **config) -> str:
+    """SHA-256 over the calibration token ids, the client split and the JSON of ``config``."""
+    h = hashlib.sha256(windows.numpy().tobytes())
+    h.update(json.dumps([np.asarray(p).tolist() for p in parts]).encode())
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def model_id(model) -> dict:
+    """What identifies the model for a checkpoint: its name or path and its prunable shapes' size."""
+    return {"name": getattr(model.config, "_name_or_path", ""), "params": sum(p.numel() for p in model.parameters())}
+
+
+@dataclass
+class Resumed:
+    step: int  # first step still to run
+    inps: torch.Tensor  # inputs of that step's layer
+    steps: list[dict]  # what steps 0..step-1 saved
+    extra: dict  # run-level state saved with the last step
+
+
+class StepCheckpoint:
+    def __init__(self, folder: Path | None, fingerprint: str) -> None:
+        self.folder = folder
+        self.fingerprint = fingerprint
+
+    def _write(self, name: str, obj: dict) -> None:
+        assert self.folder is not None
+        tmp = self.folder / f"{name}.tmp"
+        torch.save(obj, tmp)
+        os.replace(tmp, self.folder / name)  # atomic: a crash mid-write leaves the previous file
+
+    def load(self) -> Resumed | None:
+        """The saved progress, or None when there is none (or it belongs to another run)."""
+        if self.folder is None or not (self.folder / "state.pt").exists():
+            return None
+        state = torch.load(self.folder / "state.pt", weights_only=False)
+        if state.get("fingerprint") != self.fingerprint:
+            return None
+        steps = [torch.load(self.folder / f"step{s}.pt", weights_only=False) for s in range(state["step"])]
+        return Resumed(state["step"], state["inps"], steps, state.get("extra", {}))
+
+    def save(self, step: int, inps: torch.Tensor, step_state: dict, extra: dict | None = None) -> None:
+        """Record step ``step`` as done; ``inps`` are the next step's layer inputs."""
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._write(f"step{step}.pt", step_state)
+        self._write("state.pt", {"step": step + 1, "inps": inps.cpu(), "extra": extra or {},
+                                 "fingerprint": self.fingerprint})
