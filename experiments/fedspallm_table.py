@@ -68,12 +68,17 @@ def parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def setting_key(args) -> str:
+    """Cache-key prefix: everything that changes the numbers besides method, clients and sparsity."""
+    return f"n{args.nsamples}x{args.seqlen}-{args.calib}-ev{args.eval_windows}x{args.eval_seqlen}-s{args.seed}"
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cache = ResultCache(args.cache)
-    setting = f"n{args.nsamples}x{args.seqlen}-{args.calib}-ev{args.eval_windows}x{args.eval_seqlen}-s{args.seed}"
+    setting = setting_key(args)
     if args.table_only:
         print(table(cache, args, setting))
         return 0
