@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY=${PYTHON:-python3}
+# On a shared CI machine spinning OpenMP threads make LAPACK calls (Cholesky) up to 200x slower; park them.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 "$PY" -m pytest -m "not slow" -q -p no:cacheprovider "$@"

@@ -31,3 +31,17 @@ def test_smollm2_prune_smoke(tmp_path):
     assert r["dense"]["ptb"] < r["fedprllm"]["ptb"] < 10 * r["dense"]["ptb"]
     assert s["sparsity"]["overall"] == pytest.approx(0.5)
     assert len(s["sparsity"]["per_layer"]) == 30
+
+
+def test_smollm2_fedspallm_smoke(tmp_path):
+    out = tmp_path / "run"
+    code = main(["prune", "--algorithm", "fedspallm", "--clients", "2", "--nsamples", "4", "--seqlen", "64",
+                 "--eval", "ptb", "--eval-windows", "2", "--eval-seqlen", "128", "--baselines", "dense", "random",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    s = json.loads((out / "summary.json").read_text())
+    r = s["results"]
+    assert r["dense"]["ptb"] < r["fedspallm"]["ptb"] < 10 * r["dense"]["ptb"]
+    assert r["random"]["ptb"] > 10 * r["fedspallm"]["ptb"]  # SparseGPT + Eq. 5 is far from a random mask
+    assert s["sparsity"]["overall"] == pytest.approx(0.5, abs=1e-5)
+    assert s["rounds"][0]["sparsity_intersection"] < 0.5  # the two clients disagree; expansion fills the gap
