@@ -107,6 +107,8 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
             client_masks.shapes.update(st["shapes"])
             counts.update(st["counts"])
             final.update(st["final"])
+        if "secagg" in resumed.extra:  # iterative: the sums already run were sent; keep counting their bytes
+            summer.restore_accounting(resumed.extra["secagg"])
     else:
         start = 0
         inps = first_layer_inputs(model, windows, batch_size=spec.batch_size)
@@ -180,7 +182,8 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
         ckpt.save(li, inps, {"packed": {n: client_masks.packed[n] for n in names},
                              "shapes": {n: client_masks.shapes[n] for n in names},
                              "counts": {n: counts[n] for n in names if n in counts},
-                             "final": {n: final[n] for n in names if n in final}})
+                             "final": {n: final[n] for n in names if n in final}},
+                  extra={"secagg": summer.accounting()})
 
     if strategy == "one-shot":  # steps 2-4 happen once, after every layer's local mask exists
         for name in client_masks.names():

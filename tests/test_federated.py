@@ -247,6 +247,7 @@ def test_checkpoint_resumes_to_same_result(model, windows, tmp_path, strategy):
     resumed = run(model, windows, parts, checkpoint=ckpt, strategy=strategy)
     assert all(torch.equal(full.final[n], resumed.final[n]) for n in full.final)
     assert all(torch.equal(full.counts[n], resumed.counts[n]) for n in full.counts)
+    assert resumed.secagg == full.secagg  # bytes of the sums run before the crash are still counted
 
 
 def test_generic_layers_gemma3_replays_per_layer_masks_and_rope():

@@ -81,7 +81,6 @@ class _Summers:
     def __init__(self, backend: str, *, bits: int, seed: int, options: dict) -> None:
         self.backend, self.bits, self.seed, self.options = backend, bits, seed, options
         self.cache: dict[tuple[int, str], SecureSum] = {}
-        self.prior: list[dict] = []  # summers' stats from before a resume (their bytes were sent too)
 
     def get(self, n: int, kind: str) -> SecureSum:
         if (n, kind) not in self.cache:
@@ -90,12 +89,18 @@ class _Summers:
                                                 seed=self.seed + (0 if kind == "mask" else 1), **self.options)
         return self.cache[(n, kind)]
 
+    def accounting(self) -> dict[tuple[int, str], dict]:
+        return {key: s.accounting() for key, s in self.cache.items()}
+
+    def restore_accounting(self, state: dict[tuple[int, str], dict]) -> None:
+        for (n, kind), st in state.items():  # a resumed run goes on counting the bytes sent before the crash
+            self.get(n, kind).restore_accounting(st)
+
     def stats(self) -> dict:
         out = []
         for (n, kind), s in sorted(self.cache.items()):
             st = {k: v for k, v in s.stats().items() if k != "per_round"}
             out.append({"participants": n, "kind": kind, **st})
-        out += self.prior
         return {"backend": self.backend, "fixed_point_bits": self.bits, "summers": out,
                 "total_bytes": int(sum(s["total_bytes"] for s in out))}
 
@@ -166,7 +171,7 @@ def fedspallm_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
             absorb(st)
         comm.load_state(resumed.extra["comm"])
         if summers is not None:
-            summers.prior = [s | {"before_resume": True} for s in resumed.extra.get("secagg", [])]
+            summers.restore_accounting(resumed.extra["secagg"])
         if start % n_layers:
             inps = resumed.inps.to(device)
 
@@ -268,7 +273,7 @@ def fedspallm_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
             inps = outs
             del results
             ckpt.save(t * n_layers + li, inps, step,
-                      extra={"comm": comm.state(), "secagg": summers.stats()["summers"] if summers else []})
+                      extra={"comm": comm.state(), "secagg": summers.accounting() if summers else {}})
             if on_layer is not None:
                 on_layer(t, li)
 

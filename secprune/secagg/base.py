@@ -45,6 +45,14 @@ class ByteLog:
         return {"rounds": self.rounds, "sent": dict(self.sent), "received": dict(self.received),
                 "total_bytes": int(sum(self.sent.values())), "per_round": per_round}
 
+    def load(self, summary: dict) -> None:
+        """Continue from a :meth:`summary` (a resumed run keeps counting where the interrupted one stopped)."""
+        self.sent = defaultdict(int, summary["sent"])
+        self.received = defaultdict(int, summary["received"])
+        self.rounds = summary["rounds"]
+        self.per_round = {k: {"sent": defaultdict(int, v["sent"]), "received": defaultdict(int, v["received"])}
+                          for k, v in summary["per_round"].items()}
+
 
 class SecureSum:
     """Base class: subclasses implement ``_sum``; ``sum`` validates inputs first."""
@@ -82,6 +90,14 @@ class SecureSum:
 
     def _sum(self, key: str, vectors: list[np.ndarray]) -> np.ndarray:
         raise NotImplementedError
+
+    def accounting(self) -> dict:
+        """Byte and entry counters only (no keys or protocol state), for checkpoints."""
+        return {"log": self.log.summary(), "plaintext_bytes": self.plaintext_bytes, "entries": self.entries}
+
+    def restore_accounting(self, state: dict) -> None:
+        self.log.load(state["log"])
+        self.plaintext_bytes, self.entries = state["plaintext_bytes"], state["entries"]
 
     def stats(self) -> dict:
         """Bytes per party (total and per round) from the real serialized messages, beside the plaintext size.
