@@ -27,7 +27,7 @@ def fingerprint(windows: torch.Tensor, parts: list[np.ndarray], **config) -> str
 
 
 def model_id(model) -> dict:
-    """What identifies the model for a checkpoint: its name or path and its prunable shapes' size."""
+    """What identifies the model for a checkpoint: its name or path and its parameter count."""
     return {"name": getattr(model.config, "_name_or_path", ""), "params": sum(p.numel() for p in model.parameters())}
 
 
