@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,11 +61,15 @@ class StepCheckpoint:
         steps = [torch.load(self.folder / f"step{s}.pt", weights_only=False) for s in range(state["step"])]
         return Resumed(state["step"], state["inps"], steps, state.get("extra", {}))
 
-    def save(self, step: int, inps: torch.Tensor, step_state: dict, extra: dict | None = None) -> None:
-        """Record step ``step`` as done; ``inps`` are the next step's layer inputs."""
+    def save(self, step: int, inps: torch.Tensor, step_state: dict,
+             extra: Callable[[], dict] | None = None) -> None:
+        """Record step ``step`` as done; ``inps`` are the next step's layer inputs.
+
+        ``extra`` builds the run-level state; it is called only when checkpointing is on.
+        """
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         self._write(f"step{step}.pt", step_state)
-        self._write("state.pt", {"step": step + 1, "inps": inps.cpu(), "extra": extra or {},
+        self._write("state.pt", {"step": step + 1, "inps": inps.cpu(), "extra": extra() if extra else {},
                                  "fingerprint": self.fingerprint})

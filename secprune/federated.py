@@ -183,7 +183,7 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
                              "shapes": {n: client_masks.shapes[n] for n in names},
                              "counts": {n: counts[n] for n in names if n in counts},
                              "final": {n: final[n] for n in names if n in final}},
-                  extra={"secagg": summer.accounting()})
+                  extra=lambda: {"secagg": summer.accounting()})
 
     if strategy == "one-shot":  # steps 2-4 happen once, after every layer's local mask exists
         for name in client_masks.names():

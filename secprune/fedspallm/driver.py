@@ -274,7 +274,7 @@ def fedspallm_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
             inps = outs
             del results
             ckpt.save(t * n_layers + li, inps, step,
-                      extra={"comm": comm.state(), "secagg": summers.accounting() if summers else {}})
+                      extra=lambda: {"comm": comm.state(), "secagg": summers.accounting() if summers else {}})
             if on_layer is not None:
                 on_layer(t, li)
 
