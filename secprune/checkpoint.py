@@ -55,10 +55,11 @@ class StepCheckpoint:
         """The saved progress, or None when there is none (or it belongs to another run)."""
         if self.folder is None or not (self.folder / "state.pt").exists():
             return None
-        state = torch.load(self.folder / "state.pt", weights_only=False)
+        state = torch.load(self.folder / "state.pt", weights_only=False, map_location="cpu")
         if state.get("fingerprint") != self.fingerprint:
             return None
-        steps = [torch.load(self.folder / f"step{s}.pt", weights_only=False) for s in range(state["step"])]
+        steps = [torch.load(self.folder / f"step{s}.pt", weights_only=False, map_location="cpu")
+                 for s in range(state["step"])]  # callers move what they keep to their device
         return Resumed(state["step"], state["inps"], steps, state.get("extra", {}))
 
     def save(self, step: int, inps: torch.Tensor, step_state: dict,

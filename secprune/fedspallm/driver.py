@@ -262,7 +262,7 @@ def fedspallm_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
                             party = f"client{k}"
                             comm.secure_upload(round=t, client=i,
                                                nbytes=after.get(party, 0) - before[key].get(party, 0))
-                step["global"][full] = agg.weight.to("cpu", dense[n].dtype)
+                step["global"][full] = agg.weight.to(dense[n].dtype)  # stays on the device: absorb() uses it
                 step["masks"][full] = agg.mask.cpu()
                 # C_j <= N: int16 instead of int64 makes the counts 4x smaller in memory and checkpoints
                 step["counts"][full] = agg.counts.to(torch.int16 if len(clients) < 2**15 else torch.int32).cpu()
