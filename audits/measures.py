@@ -20,8 +20,7 @@ import math
 
 import numpy as np
 import torch
-
-from audits.engine import LayerZeroMasks
+from secprune.audits.engine import LayerZeroMasks
 
 
 def binary_entropy(p) -> np.ndarray:

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from secprune.attacks import inversion as inv
+from secprune.attacks.membership import MIABudget, run_membership, signal_strength
+from secprune.audits import measures
+from secprune.audits.engine import LayerZeroMasks, full_depth_masks, hamming
 
-from attacks import inversion as inv
-from attacks.membership import MIABudget, run_membership, signal_strength
-from audits import measures
-from audits.engine import LayerZeroMasks, full_depth_masks, hamming
 from secprune import dp
 from secprune.masks import MaskSet
 

@@ -37,7 +37,8 @@ def token_frequencies(windows: torch.Tensor, vocab: int) -> np.ndarray:
 def synthetic_inputs(*, method: str = "wanda", planted_token: int = 200, clients: int = 4, per_client: int = 2,
                      seqlen: int = 32, population: int = 40, seed: int = 0):
     """AuditInputs for a tiny random LLaMA where client 0's windows are one repeated rare token."""
-    from audits.runner import AuditInputs
+    from secprune.audits.runner import AuditInputs
+
     from secprune.federated import LocalSpec, federated_prune
     from secprune.methods import make_method
 

@@ -1,6 +1,6 @@
 """Simulation cost: one-shot FedPrLLM with m clients vs one centralized Wanda run over the same tokens.
 
-    python -m experiments.bench_simulation --clients 16 --nsamples 32 --seqlen 512
+    python -m secprune.experiments.bench_simulation --clients 16 --nsamples 32 --seqlen 512
 
 Both runs see the same N = nsamples * seqlen calibration tokens, so their FLOPs are equal; the goal is
 ratio <= 1.5. Runs alternate (centralized, federated, centralized, ...) and the medians are compared, so

@@ -1,6 +1,6 @@
 """FedPrLLM Table 1 on SmolLM2: comparison groups x one-shot/iterative x scaling, plus baselines.
 
-    python -m experiments.fedprllm_table --clients 16 --nsamples 32 --seqlen 512 --sparsity 0.5
+    python -m secprune.experiments.fedprllm_table --clients 16 --nsamples 32 --seqlen 512 --sparsity 0.5
 
 Every cell is cached in ``--cache`` (JSON) so an interrupted sweep resumes. Perplexity on PTB test
 and wiki-lead (Wikipedia lead sections; NOT WikiText-2) with a window budget.
@@ -12,8 +12,8 @@ import argparse
 import time
 
 import numpy as np
+from secprune.experiments._common import ResultCache
 
-from experiments._common import ResultCache
 from secprune import calibration
 from secprune.aggregate import scale_factor
 from secprune.config import PruneConfig

@@ -32,7 +32,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments._common import ResultCache  # noqa: E402
+from secprune.experiments._common import ResultCache  # noqa: E402
+
 from secprune import calibration  # noqa: E402
 from secprune.config import PruneConfig  # noqa: E402
 from secprune.evaluate import perplexity  # noqa: E402

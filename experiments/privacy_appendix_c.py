@@ -13,8 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
-from attacks.membership import MIABudget
-from audits.runner import AuditBudget, inputs_from_run, run_core, save_audit
+from secprune.attacks.membership import MIABudget
+from secprune.audits.runner import AuditBudget, inputs_from_run, run_core, save_audit
+
 from secprune.report import write_report
 
 

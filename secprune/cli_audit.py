@@ -64,8 +64,8 @@ def register(sub) -> None:
 
 
 def budget_from_args(args: argparse.Namespace):
-    from attacks.membership import MIABudget
-    from audits.runner import AuditBudget
+    from secprune.attacks.membership import MIABudget
+    from secprune.audits.runner import AuditBudget
 
     for name in ("population", "entropy_draws", "mia_targets", "mia_shadows_in", "mia_shadows_out", "mia_eval_in",
                  "mia_eval_out", "eval_windows"):
@@ -90,7 +90,7 @@ def budget_from_args(args: argparse.Namespace):
 def cmd_audit(args: argparse.Namespace) -> int:
     import shutil
 
-    from audits.runner import inputs_from_run, run_core, save_audit
+    from secprune.audits.runner import inputs_from_run, run_core, save_audit
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:

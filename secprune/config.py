@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-
-import tomllib
 
 from secprune.model import UsageError
 from secprune.topk import GROUPS

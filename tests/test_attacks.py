@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import torch
-
-from attacks import inversion as inv
-from attacks.membership import MIABudget, run_membership, signal_strength
-from audits.engine import LayerZeroMasks
-from audits.synthetic import tiny_llama, zipf_windows
+from secprune.attacks import inversion as inv
+from secprune.attacks.membership import MIABudget, run_membership, signal_strength
+from secprune.audits.engine import LayerZeroMasks
+from secprune.audits.synthetic import tiny_llama, zipf_windows
 
 RARE = 200
 

@@ -13,9 +13,9 @@ from secprune.report import SECTIONS, write_report
 
 @pytest.fixture(scope="module")
 def audit_dir(tmp_path_factory):
-    from attacks.membership import MIABudget
-    from audits.runner import AuditBudget, run_core, save_audit
-    from audits.synthetic import synthetic_inputs
+    from secprune.attacks.membership import MIABudget
+    from secprune.audits.runner import AuditBudget, run_core, save_audit
+    from secprune.audits.synthetic import synthetic_inputs
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
