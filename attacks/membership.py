@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+
 from secprune.audits.engine import LayerZeroMasks
 from secprune.audits.epsilon import empirical_epsilon, summarize
-
 from secprune.dp import flip_probability
 
 VIEWS = ("own", "sum", "rr", "noisy_sum")

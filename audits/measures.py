@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 import torch
+
 from secprune.audits.engine import LayerZeroMasks
 
 

@@ -12,8 +12,9 @@ data an attacker can get. What runs (budgets in :class:`AuditBudget`, all stated
 * the defence: perplexity of the final mask when the server sees RR or Skellam-noised counts, next to
   the epsilon the accountant gives (worst-case sensitivity) and a heuristic one (empirical sensitivity).
 
-Private text never goes into ``audit.json``: recovered and true tokens are kept in
-``private/reconstructions.json``; the report shows them only with ``--show-reconstructions``.
+Private text never goes into ``audit.json``. Recovered and true tokens are written, owner-only, to
+``private/reconstructions.json`` only when asked (``--keep-reconstructions``); the report shows them only
+with ``--show-reconstructions``.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from secprune import dp
 from secprune.attacks import inversion as inv
 from secprune.attacks.membership import MIABudget, run_membership, signal_strength
 from secprune.audits import measures
 from secprune.audits.engine import LayerZeroMasks, full_depth_masks, hamming
-
-from secprune import dp
 from secprune.masks import MaskSet
 
 PAPER = {  # FedPrLLM App. C, LLaMA-7B
@@ -85,7 +86,9 @@ class AuditInputs:
 
 def _log(msg: str, quiet: bool) -> None:
     if not quiet:
-        print(f"[audit] {msg}", flush=True)
+        from secprune import log
+
+        log.info(f"[audit] {msg}")
 
 
 def run_core(inp: AuditInputs, budget: AuditBudget, *, quiet: bool = False) -> tuple[dict, dict]:
@@ -375,33 +378,58 @@ def _json_default(o):
     return str(o)
 
 
-def save_audit(out_dir: Path, result: dict, private: dict) -> None:
+def save_audit(out_dir: Path, result: dict, private: dict | None) -> None:
+    """``audit.json`` (numbers only); the recovered and true tokens only when ``private`` is given, owner-only."""
+    from secprune import outdir
+
+    if private is not None:
+        folder = outdir.private_dir(out_dir / "private")
+        write_json_atomic(folder / "reconstructions.json", private)
+        outdir.make_private(folder / "reconstructions.json")
     write_json_atomic(out_dir / "audit.json", result)
-    write_json_atomic(out_dir / "private" / "reconstructions.json", private)
 
 
 # ---------------------------------------------------------------- loading a run folder
-def inputs_from_run(run_dir: Path, budget: AuditBudget, *, eval_windows: int | None = None) -> AuditInputs:
+def inputs_from_run(run_dir: Path, budget: AuditBudget, *, eval_windows: int | None = None,
+                    client_data: list[str] | None = None) -> AuditInputs:
+    """Everything the audit needs from a `secprune prune --save-client-masks` folder.
+
+    The run keeps no calibration token ids unless it was asked to (``--keep-calibration``). Otherwise the
+    windows are recomputed from the data the run was given (``client_data`` overrides the paths of its
+    ``--client-data`` files), exactly as the run drew them, and checked against the run's own layer-0
+    client masks, so an audit of changed data is refused instead of silently measuring something else.
+    """
     from secprune import calibration, data
+    from secprune import summary as run_summary
     from secprune.config import PruneConfig
-    from secprune.model import UsageError, load_model
+    from secprune.model import UsageError, load_model, param_names
 
     run_dir = Path(run_dir)
-    summ_path = run_dir / "summary.json"
-    if not summ_path.is_file():
-        raise UsageError(f"--run: {run_dir} has no summary.json (is it a `secprune prune` output folder?)")
-    summary = json.loads(summ_path.read_text())
-    if not (run_dir / "client_masks.safetensors").is_file():
-        raise UsageError(f"--run: {run_dir} has no client_masks.safetensors; rerun `secprune prune` with "
-                         "--save-client-masks")
+    summary = run_summary.load(run_dir)
     cfg = PruneConfig(**summary["config"])
-    if cfg.strategy != "one-shot":
-        raise UsageError("--run: audits support one-shot runs (iterative client masks depend on the server)")
+    if summary["algorithm"] != "fedprllm" or cfg.strategy != "one-shot":
+        raise UsageError("--run: audits support one-shot FedPrLLM runs (iterative and FedSpaLLM client messages "
+                         "depend on the server)")
     if cfg.method not in ("wanda", "magnitude"):
         raise UsageError(f"--run: audits support wanda and magnitude runs, got {cfg.method}")
+    mask_path = run_dir / "private" / "client_masks.safetensors"
+    if not mask_path.is_file():
+        raise UsageError(f"--run: {run_dir} kept no client masks; rerun `secprune prune` with --save-client-masks")
+    if client_data:
+        if len(client_data) != len(cfg.client_data):
+            raise UsageError(f"--client-data: the run had {len(cfg.client_data)} clients' files, got "
+                             f"{len(client_data)} paths")
+        cfg.client_data = list(client_data)
     model, tok = load_model(cfg.model, device="cpu")
-    cal = torch.load(run_dir / "calibration.pt", weights_only=False)
-    masks = MaskSet.load(run_dir / "client_masks.safetensors")
+    masks = MaskSet.load(mask_path, names={v: k for k, v in param_names(model).items()})
+    kept = run_dir / "private" / "calibration.pt"
+    if kept.is_file():
+        cal = torch.load(kept, weights_only=False)
+        windows, parts = cal["windows"], [np.asarray(p) for p in cal["parts"]]
+    else:
+        calib = calibration.build(cfg, tok)
+        windows, parts = calib.windows, calib.parts
+        _check_recomputed(model, windows, parts, masks, cfg)
     names = [s.strip() for s in cfg.calib.split(",") if s.strip()] if not cfg.client_data else ["wiki-lead"]
     rng = np.random.default_rng(10_000 + budget.seed)
     pops, freq = [], np.zeros(len(tok), dtype=np.float64)
@@ -415,12 +443,29 @@ def inputs_from_run(run_dir: Path, budget: AuditBudget, *, eval_windows: int | N
     n_eval = budget.eval_windows if eval_windows is None else eval_windows
     if n_eval > 0 and cfg.eval:
         ev = calibration.eval_set(cfg.eval[0], tok, seqlen=cfg.eval_seqlen, max_windows=n_eval)
-    return AuditInputs(model=model, windows=cal["windows"], parts=[np.asarray(p) for p in cal["parts"]],
+    return AuditInputs(model=model, windows=windows, parts=parts,
                        client_masks=masks, population=torch.cat(pops), vocab_freq=freq, eval_windows=ev,
                        method=cfg.method, sparsity=cfg.sparsity, local_group=cfg.local_group,
                        server_group=cfg.server_group, seed=cfg.seed, batch_size=cfg.batch_size,
                        decode=lambda ids: tok.decode(ids),
                        run_info={"run_dir": str(run_dir), "model": cfg.model, "calib": cfg.calib,
-                                 "clients": len(cal["parts"]), "nsamples": cfg.nsamples, "seqlen": cfg.seqlen,
+                                 "clients": len(parts), "nsamples": cfg.nsamples, "seqlen": cfg.seqlen,
                                  "eval_set": cfg.eval[0] if cfg.eval else None,
-                                 "run_perplexity": summary.get("results", {}).get("fedprllm")})
+                                 "calibration": "kept by the run" if kept.is_file() else "recomputed and verified",
+                                 "run_perplexity": summary.get("results", {}).get("federated")})
+
+
+def _check_recomputed(model, windows: torch.Tensor, parts: list[np.ndarray], masks: MaskSet, cfg) -> None:
+    """Layer-0 masks of client 0 from the recomputed windows must be the run's (a different text gives
+    several percent of different bits; the same text gives none)."""
+    from secprune.model import UsageError
+
+    engine = LayerZeroMasks(model, windows[torch.as_tensor(parts[0])], method=cfg.method, sparsity=cfg.sparsity,
+                            local_group=cfg.local_group, seed=cfg.seed, batch_size=cfg.batch_size)
+    mine = engine.flat(np.arange(len(parts[0])))
+    theirs = torch.cat([masks.get(0, n).reshape(-1) for n in engine.layout.names])
+    differ = float((mine != theirs).float().mean())
+    if differ > 1e-4:
+        raise UsageError(f"--run: the calibration recomputed from the run's data does not reproduce its client "
+                         f"masks ({100 * differ:.2f}% of layer-0 bits differ): the data changed since the run; "
+                         "pass the original files with --client-data, or rerun prune with --keep-calibration")

@@ -12,15 +12,15 @@ import argparse
 import time
 
 import numpy as np
-from secprune.experiments._common import ResultCache
 
 from secprune import calibration
 from secprune.aggregate import scale_factor
 from secprune.config import PruneConfig
+from secprune.evaluate import evaluate_model
+from secprune.experiments._common import ResultCache
 from secprune.federated import LocalSpec, federated_prune, server_masks
 from secprune.methods import make_method
 from secprune.model import load_model
-from secprune.run import evaluate
 
 
 def main() -> None:
@@ -64,12 +64,18 @@ def main() -> None:
             print(f"{key}: {res}", flush=True)
         return cache.get(full)
 
-    rows = {"Dense": cell("dense", lambda: evaluate(model, tok, cfg, None, None, "dense"))}
+    evals = {name: calibration.eval_set(name, tok, seqlen=cfg.eval_seqlen, max_windows=cfg.eval_windows)
+             for name in cfg.eval}
+
+    def evaluate(masks, scales, label):
+        return evaluate_model(model, evals, masks=masks, scales=scales, label=label)
+
+    rows = {"Dense": cell("dense", lambda: evaluate(None, None, "dense"))}
     cen = {}
 
     def centralized():
         cen["r"] = federated_prune(model, calib.windows, [np.arange(len(calib.windows))], spec=spec, desc="central")
-        return evaluate(model, tok, cfg, cen["r"].final, None, "centralized")
+        return evaluate(cen["r"].final, None, "centralized")
     rows["Centralized"] = cell("centralized", centralized)
 
     one = {}
@@ -81,7 +87,7 @@ def main() -> None:
 
     def local_only():
         k = min(args.local_only_clients, m)
-        per = [evaluate(model, tok, cfg, oneshot().client_masks.party(i), None, f"local {i}") for i in range(k)]
+        per = [evaluate(oneshot().client_masks.party(i), None, f"local {i}") for i in range(k)]
         return {n: float(np.mean([p[n] for p in per])) for n in cfg.eval} | {"clients_evaluated": k,
                                                                             "per_client": per}
     rows[f"Local-only (mean of {min(args.local_only_clients, m)})"] = cell("local-only", local_only)
@@ -100,7 +106,7 @@ def main() -> None:
                                             server_group=group, scaling=scaling, desc=f"iterative {group}")
                         final = r.final
                     scales = {n: scale_factor(c, m) for n, c in r.counts.items()} if scaling else None
-                    return evaluate(model, tok, cfg, final, scales, f"{strategy} {group}")
+                    return evaluate(final, scales, f"{strategy} {group}")
                 rows[f"FedPrLLM {group} {strategy} {'scaled' if scaling else '-'}"] = cell(
                     f"{strategy}|{group}|{scaling}", run_cell)
 

@@ -26,12 +26,11 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from secprune.experiments._common import ResultCache  # noqa: E402
-from secprune.experiments.fedspallm_table import DATASETS, _fmt, setting_key  # noqa: E402
-
 from secprune import calibration  # noqa: E402
 from secprune.config import PruneConfig  # noqa: E402
 from secprune.evaluate import perplexity  # noqa: E402
+from secprune.experiments._common import ResultCache  # noqa: E402
+from secprune.experiments.fedspallm_table import DATASETS, _fmt, setting_key  # noqa: E402
 from secprune.fedspallm.baselines import standalone_model  # noqa: E402
 from secprune.fedspallm.driver import FedSpaSpec, apply_weights, fedspallm_prune, restore_weights  # noqa: E402
 from secprune.model import load_model  # noqa: E402

@@ -32,11 +32,10 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from secprune.experiments._common import ResultCache  # noqa: E402
-
 from secprune import calibration  # noqa: E402
 from secprune.config import PruneConfig  # noqa: E402
 from secprune.evaluate import perplexity  # noqa: E402
+from secprune.experiments._common import ResultCache  # noqa: E402
 from secprune.federated import LocalSpec, apply_masks, federated_prune, restore  # noqa: E402
 from secprune.fedspallm.baselines import random_masks  # noqa: E402
 from secprune.fedspallm.driver import FedSpaSpec, apply_weights, fedspallm_prune, restore_weights  # noqa: E402

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from secprune.attacks.membership import MIABudget
 from secprune.audits.runner import AuditBudget, inputs_from_run, run_core, save_audit
-
 from secprune.report import write_report
 
 

@@ -23,20 +23,22 @@ class Calibration:
 
 
 def _source_ids(name: str, tokenizer) -> torch.Tensor:
-    return data.tokenize(tokenizer, data.corpus_text(name, "train"), cache_key=name.replace(":", "_").replace("/", "_"))
+    key = name.replace(":", "_").replace("/", "_") if data.is_public(name) else None  # never cache user text
+    return data.tokenize(tokenizer, data.corpus_text(name, "train"), cache_key=key)
 
 
 def build(cfg: PruneConfig, tokenizer) -> Calibration:
     rng = np.random.default_rng(cfg.seed)
-    if cfg.client_data:  # each client's own private text: nsamples // m windows from it
-        per = cfg.nsamples // len(cfg.client_data)
-        wins, parts, sources = [], [], []
-        for i, path in enumerate(cfg.client_data):
-            ids = data.tokenize(tokenizer, data.read_text_path(Path(path)), cache_key=f"client{i}")
-            wins.append(data.sample_windows(ids, n=per, seqlen=cfg.seqlen, rng=rng))
-            parts.append(np.arange(i * per, (i + 1) * per))
-            sources += [f"client{i}"] * per
-        info = {"partition": "client-data", "clients": len(parts), "windows_per_client": per}
+    if cfg.client_data:  # each client's own private text (read, tokenized, never cached or copied)
+        counts = [len(a) for a in np.array_split(np.arange(cfg.nsamples), len(cfg.client_data))]
+        wins, parts, sources, start = [], [], [], 0
+        for i, (path, n) in enumerate(zip(cfg.client_data, counts, strict=True)):
+            ids = data.tokenize(tokenizer, data.read_text_path(Path(path)))
+            wins.append(data.sample_windows(ids, n=n, seqlen=cfg.seqlen, rng=rng, source=f"--client-data {path}"))
+            parts.append(np.arange(start, start + n))
+            sources += [f"client{i}"] * n
+            start += n
+        info = {"partition": "client-data", "clients": len(parts), "windows_per_client": counts}
         return Calibration(torch.cat(wins), parts, sources, info)
 
     names = [s.strip() for s in cfg.calib.split(",") if s.strip()]
@@ -50,7 +52,8 @@ def build(cfg: PruneConfig, tokenizer) -> Calibration:
     wins, sources = [], []
     for name, n in zip(names, counts, strict=True):
         if n:
-            wins.append(data.sample_windows(_source_ids(name, tokenizer), n=n, seqlen=cfg.seqlen, rng=rng))
+            wins.append(data.sample_windows(_source_ids(name, tokenizer), n=n, seqlen=cfg.seqlen, rng=rng,
+                                            source=f"--calib {name}"))
             sources += [name] * n
     windows = torch.cat(wins)
     if cfg.partition == "iid":
@@ -66,4 +69,7 @@ def build(cfg: PruneConfig, tokenizer) -> Calibration:
 @lru_cache(maxsize=8)  # one run evaluates many masks on the same windows: read and tokenize once
 def eval_set(name: str, tokenizer, *, seqlen: int, max_windows: int | None) -> torch.Tensor:
     ids = data.tokenize(tokenizer, data.corpus_text(name, "test"), cache_key=f"{name}-test")
+    if ids.numel() < seqlen:
+        raise UsageError(f"--eval-seqlen {seqlen}: the {name} test set has only {ids.numel()} tokens; "
+                         f"expected at most that many per window")
     return data.eval_windows(ids, seqlen=seqlen, max_windows=max_windows or None)

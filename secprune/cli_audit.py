@@ -6,60 +6,90 @@ import argparse
 import json
 from pathlib import Path
 
+from secprune import log, outdir
 from secprune.model import UsageError
 
 
 def _floats(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise UsageError(f"expected comma-separated numbers, got {text!r}") from exc
+    except ValueError:
+        raise UsageError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def register(sub) -> None:
-    p = sub.add_parser("audit", help="privacy attacks and audits on a pruning run (FedPrLLM App. C and stronger)")
-    p.add_argument("--run", help="a `secprune prune --save-client-masks` output folder; if it does not exist (or "
-                                 "is omitted), a run is made first with the prune flags below")
-    p.add_argument("--out", default="runs/audit", help="audit folder (audit.json, private/)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--report", help="also write the report to this folder")
-    p.add_argument("--show-reconstructions", action="store_true", help="with --report: include recovered text")
-    g = p.add_argument_group("one-shot prune+audit (used when --run is missing)")
-    g.add_argument("--model", default="smollm2-135m")
-    g.add_argument("--clients", type=int, default=16)
-    g.add_argument("--nsamples", type=int, default=32)
-    g.add_argument("--seqlen", type=int, default=512)
-    g.add_argument("--method", default="wanda", choices=["wanda", "magnitude"])
-    g.add_argument("--calib", default="wiki-lead")
-    g.add_argument("--sparsity", type=float, default=0.5)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--prune-eval-windows", type=int, default=4)
-    b = p.add_argument_group("budgets (defaults finish in minutes on 2 CPU cores)")
-    b.add_argument("--population", type=int, default=32, help="extra public windows for shadow sets")
-    b.add_argument("--entropy-draws", type=int, default=16)
-    b.add_argument("--sensitivity-pairs", type=int, default=16, help="layer-0 neighbour pairs per kind")
-    b.add_argument("--full-depth-pairs", type=int, default=1, help="all-layer neighbour pairs per kind")
-    b.add_argument("--mia-targets", type=int, default=6)
-    b.add_argument("--mia-shadows-in", type=int, default=12)
-    b.add_argument("--mia-shadows-out", type=int, default=32)
-    b.add_argument("--mia-eval-in", type=int, default=6)
-    b.add_argument("--mia-eval-out", type=int, default=32)
-    b.add_argument("--view-rr-eps", type=float, default=2.0, help="eps per bit of the noisy own-mask view")
-    b.add_argument("--view-skellam-lam", type=float, default=50.0, help="Skellam lam of the noisy-sum view")
-    b.add_argument("--inversion-clients", type=int, default=2)
-    b.add_argument("--inversion-steps", type=int, default=100)
-    b.add_argument("--defence-rr-eps", default="0.5,2,8", help="eps per bit values for the utility curve")
-    b.add_argument("--defence-skellam-lam", default="2,32,512", help="Skellam lam values for the utility curve")
-    b.add_argument("--eval-windows", type=int, default=4, help="perplexity windows for the defence curve")
-    b.add_argument("--delta", type=float, default=1e-5)
-    b.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("audit", help="privacy attacks and audits on a pruning run (FedPrLLM App. C and stronger)",
+                       description="Entropy, similarity, sensitivity, membership inference, token recovery and "
+                                   "the DP defence on a one-shot FedPrLLM run. Audits an existing run (--run), or "
+                                   "prunes first into <out>/run with the flags under 'prune first'.")
+    p.add_argument("--run", metavar="DIR", help="a `secprune prune --save-client-masks` output folder; without it, "
+                                                "a run is made first in <out>/run")
+    p.add_argument("--client-data", nargs="+", metavar="PATH",
+                   help="the run's client files, if they moved since the run (its calibration is recomputed "
+                        "from them and checked against its masks)")
+    p.add_argument("--out", default="runs/audit", metavar="DIR",
+                   help="audit folder (audit.json) (default: runs/audit)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out (and --report) if they are earlier secprune outputs")
+    p.add_argument("--report", metavar="DIR", help="also write the HTML/Markdown/JSON report to this folder")
+    p.add_argument("--keep-reconstructions", action="store_true",
+                   help="keep the recovered and true tokens, owner-only, in <out>/private/ (off: numbers only)")
+    p.add_argument("--show-reconstructions", action="store_true",
+                   help="with --report: quote recovered and true text in the report (implies "
+                        "--keep-reconstructions; the report folder becomes owner-only)")
+    g = p.add_argument_group("prune first (only without --run)")
+    g.add_argument("--model", default="smollm2-135m", metavar="NAME|DIR",
+                   help="the model to prune (default: smollm2-135m)")
+    g.add_argument("--clients", type=int, metavar="N", default=16, help="simulated clients (default: 16)")
+    g.add_argument("--nsamples", type=int, metavar="N", default=32, help="calibration windows in total (default: 32)")
+    g.add_argument("--seqlen", type=int, metavar="N", default=512, help="tokens per window (default: 512)")
+    g.add_argument("--method", default="wanda", choices=["wanda", "magnitude"],
+                   help="the clients' pruning method (default: wanda)")
+    g.add_argument("--calib", default="wiki-lead", metavar="SOURCES",
+                   help="public corpus of the simulated clients (default: wiki-lead)")
+    g.add_argument("--sparsity", type=float, metavar="X", default=0.5, help="fraction pruned (default: 0.5)")
+    g.add_argument("--seed", type=int, metavar="N", default=0,
+                   help="seed of the run and of every audit draw (default: 0)")
+    g.add_argument("--prune-eval-windows", type=int, metavar="N", default=4,
+                   help="PTB/wiki-lead windows of the run (default: 4)")
+    b = p.add_argument_group("budgets (the defaults finish in minutes on 2 CPU cores)")
+    for flag, default, text in (
+            ("--population", 32, "extra public windows for shadow sets"),
+            ("--entropy-draws", 16, "independent calibration sets drawn for the entropy estimate"),
+            ("--sensitivity-pairs", 16, "layer-0 neighbour pairs per kind"),
+            ("--full-depth-pairs", 1, "all-layer neighbour pairs per kind"),
+            ("--mia-targets", 6, "membership-inference target windows"),
+            ("--mia-shadows-in", 12, "shadow sets with the target, per target"),
+            ("--mia-shadows-out", 32, "shadow sets without the target, per target"),
+            ("--mia-eval-in", 6, "member trials per target"),
+            ("--mia-eval-out", 32, "non-member trials per target"),
+            ("--inversion-clients", 2, "clients attacked by token recovery"),
+            ("--inversion-steps", 100, "optimisation steps of the paper's embedding inversion"),
+            ("--eval-windows", 4, "perplexity windows for the defence curve")):
+        b.add_argument(flag, type=int, metavar="N", default=default, help=f"{text} (default: {default})")
+    b.add_argument("--view-rr-eps", type=float, metavar="X", default=2.0,
+                   help="epsilon per bit of the noisy own-mask view (default: 2.0)")
+    b.add_argument("--view-skellam-lam", type=float, metavar="X", default=50.0,
+                   help="Skellam lambda of the noisy-sum view (default: 50.0)")
+    b.add_argument("--defence-rr-eps", default="0.5,2,8", metavar="LIST",
+                   help="epsilon-per-bit values of the utility curve (default: 0.5,2,8)")
+    b.add_argument("--defence-skellam-lam", default="2,32,512", metavar="LIST",
+                   help="Skellam lambda values of the utility curve (default: 2,32,512)")
+    b.add_argument("--delta", type=float, metavar="X", default=1e-5,
+                   help="delta of every (epsilon, delta) (default: 1e-5)")
+    p.add_argument("--quiet", action="store_true", help="print errors only")
     p.set_defaults(func=cmd_audit)
 
-    r = sub.add_parser("report", help="HTML + Markdown + JSON report of an audit folder")
-    r.add_argument("--audit", required=True, help="folder written by `secprune audit`")
-    r.add_argument("--out", required=True, help="report folder")
+    r = sub.add_parser("report", help="HTML + Markdown + JSON report of an audit folder",
+                       description="Write report.html (figures embedded), report.md (+ figures/) and report.json "
+                                   "(the data behind every figure and table) for a `secprune audit` folder.")
+    r.add_argument("--audit", required=True, metavar="DIR", help="folder written by `secprune audit`")
+    r.add_argument("--out", required=True, metavar="DIR", help="report folder")
+    r.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier secprune report")
     r.add_argument("--show-reconstructions", action="store_true",
-                   help="include reconstructed and original private text (redacted by default)")
+                   help="quote recovered and true private text (the audit must have --keep-reconstructions; the "
+                        "report folder becomes owner-only)")
+    r.add_argument("--quiet", action="store_true", help="print errors only")
     r.set_defaults(func=cmd_report)
 
 
@@ -68,9 +98,10 @@ def budget_from_args(args: argparse.Namespace):
     from secprune.audits.runner import AuditBudget
 
     for name in ("population", "entropy_draws", "mia_targets", "mia_shadows_in", "mia_shadows_out", "mia_eval_in",
-                 "mia_eval_out", "eval_windows"):
+                 "mia_eval_out", "eval_windows", "sensitivity_pairs", "full_depth_pairs", "inversion_clients",
+                 "inversion_steps"):
         if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.mia_shadows_out < 1 or args.mia_eval_out < 2 or args.mia_eval_in < 1 or args.mia_targets < 1:
         raise UsageError("--mia-*: need at least 1 target, 1 out-shadow, 1 member and 2 non-member trials")
     if not 0 < args.delta < 1:
@@ -87,45 +118,71 @@ def budget_from_args(args: argparse.Namespace):
                        eval_windows=args.eval_windows, delta=args.delta, seed=args.seed)
 
 
+def _prune_first(args: argparse.Namespace, out: Path) -> Path:
+    """`audit` without --run: prune into <out>/run, reusing it when it was made with the same flags."""
+    from secprune import summary
+    from secprune.config import PruneConfig
+    from secprune.run import run_prune
+
+    run_dir = out / "run"
+    cfg = PruneConfig(model=args.model, clients=args.clients, nsamples=args.nsamples, seqlen=args.seqlen,
+                      method=args.method, calib=args.calib, sparsity=args.sparsity, seed=args.seed,
+                      eval_windows=args.prune_eval_windows, eval_seqlen=args.seqlen, baselines=["dense"],
+                      save_client_masks=True, out=str(run_dir), overwrite=True).validate()
+    if (run_dir / "summary.json").is_file():
+        try:
+            if summary.load(run_dir)["config"] == cfg.to_dict():
+                log.info(f"[audit] reusing the run in {run_dir} (same flags)")
+                return run_dir
+        except UsageError:
+            pass
+    log.info(f"[audit] pruning first: {run_dir}")
+    run_prune(cfg, progress=not args.quiet)
+    return run_dir
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     import shutil
 
     from secprune.audits.runner import inputs_from_run, run_core, save_audit
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UsageError(f"--out: {out} exists and is not empty; pass --overwrite or choose another folder")
+    outdir.check_target(out, overwrite=args.overwrite)
+    if args.report:
+        outdir.check_target(Path(args.report), overwrite=args.overwrite, flag="--report")
+    if args.show_reconstructions and not args.report:
+        raise UsageError("--show-reconstructions: only with --report (or `secprune report`)")
+    if args.client_data and not args.run:
+        raise UsageError("--client-data: only with --run (a run made here reads the public --calib corpus)")
     budget = budget_from_args(args)
-    run_dir = Path(args.run) if args.run else out / "run"
-    if not (run_dir / "summary.json").is_file():
-        if args.run and run_dir.exists() and any(run_dir.iterdir()):
-            raise UsageError(f"--run: {run_dir} is not a `secprune prune` output folder")
-        from secprune.config import PruneConfig
-        from secprune.run import run_prune
-
-        cfg = PruneConfig(model=args.model, clients=args.clients, nsamples=args.nsamples, seqlen=args.seqlen,
-                          method=args.method, calib=args.calib, sparsity=args.sparsity, seed=args.seed,
-                          eval_windows=args.prune_eval_windows, eval_seqlen=args.seqlen, baselines=["dense"],
-                          save_client_masks=True, out=str(run_dir), overwrite=True)
-        if not args.quiet:
-            print(f"[audit] pruning first: {run_dir}", flush=True)
-        run_prune(cfg, progress=not args.quiet)
-    inputs = inputs_from_run(run_dir, budget)
+    if args.run:
+        run_dir = Path(args.run)
+        if not (run_dir / "summary.json").is_file():  # never start a prune on a mistyped path
+            raise UsageError(f"--run: {run_dir} is not a `secprune prune` output folder (no summary.json)")
+    out.mkdir(parents=True, exist_ok=True)
+    if not outdir.is_ours(out):
+        outdir.mark(out, "audit")
+    for child in ("audit.json", "private"):  # results of an earlier audit in this (our own) folder
+        target = out / child
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    run_dir = Path(args.run) if args.run else _prune_first(args, out)
+    inputs = inputs_from_run(run_dir, budget, client_data=args.client_data)
     result, private = run_core(inputs, budget, quiet=args.quiet)
-    if out.exists() and args.overwrite:
-        for child in ("audit.json", "private"):
-            target = out / child
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    save_audit(out, result, private)
+    keep = args.keep_reconstructions or args.show_reconstructions
+    save_audit(out, result, private if keep else None)
+    if keep:
+        log.warn(f"--keep-reconstructions: recovered and true client tokens are kept in {out}/private/ "
+                 "(owner-only); delete them when done")
     info = {"audit": str(out / "audit.json"), "summary": {k: v for k, v in result["summary"].items()
                                                          if k != "epsilon_statement"}}
     if args.report:
         from secprune.report import write_report
 
-        info["report"] = write_report(out, Path(args.report), show_reconstructions=args.show_reconstructions)
+        info["report"] = write_report(out, Path(args.report), show_reconstructions=args.show_reconstructions,
+                                      overwrite=args.overwrite)
     print(json.dumps(info, indent=1, default=str))
     return 0
 
@@ -136,5 +193,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     audit = Path(args.audit)
     if not (audit / "audit.json").is_file():
         raise UsageError(f"--audit: {audit} has no audit.json (run `secprune audit` first)")
-    print(json.dumps(write_report(audit, Path(args.out), show_reconstructions=args.show_reconstructions), indent=1))
+    print(json.dumps(write_report(audit, Path(args.out), show_reconstructions=args.show_reconstructions,
+                                  overwrite=args.overwrite), indent=1))
     return 0

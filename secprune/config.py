@@ -1,68 +1,196 @@
-"""Run configuration: one dataclass, filled from defaults, then a TOML file, then CLI flags."""
+"""Run configuration: one dataclass, filled from defaults, then a TOML file, then CLI flags.
+
+Each field carries its help text, its group and its choices in ``metadata``: the CLI builds its flags
+and ``--help`` from them, so the documentation cannot drift from the code.
+"""
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from secprune.model import UsageError
-from secprune.topk import GROUPS
+
+GROUPS = ("model and run", "data", "local pruning", "server", "secure aggregation", "FedSpaLLM", "evaluation",
+          "output")
+
+
+def opt(default=MISSING, *, help: str, group: str, choices: tuple | None = None, metavar: str | None = None,
+        factory=None):
+    """A config field with its CLI documentation."""
+    md = {"help": help, "group": group, "choices": choices, "metavar": metavar}
+    if factory is not None:
+        return field(default_factory=factory, metadata=md)
+    return field(default=default, metadata=md)
 
 
 @dataclass
 class PruneConfig:
-    model: str = "smollm2-135m"
-    algorithm: str = "fedprllm"
-    method: str = "auto"  # auto: wanda for fedprllm, sparsegpt (+ OBS update) for fedspallm
-    sparsegpt_update: bool | None = None  # None: off for fedprllm, on (required) for fedspallm
-    clients: int = 16
-    nsamples: int = 32
-    seqlen: int = 512
-    sparsity: float = 0.5
-    local_group: str = "auto"  # auto: row (Wanda's per-output comparison); fedspallm: layer (SparseGPT's)
-    server_group: str = "layer"
-    strategy: str = "one-shot"
-    scaling: bool = False
-    partition: str = "iid"
-    alpha: float = 5.0
-    calib: str = "wiki-lead"
-    client_data: list[str] = field(default_factory=list)
-    seed: int = 0
-    device: str = "cpu"
-    eval: list[str] = field(default_factory=lambda: ["ptb", "wiki-lead"])
-    eval_windows: int = 32
-    eval_seqlen: int = 512
-    baselines: list[str] = field(default_factory=lambda: ["dense", "centralized", "local-only"])
-    local_only_clients: int = 4
-    save_client_masks: bool = False
-    secure_agg: str = "none"
-    secagg_neighbours: int = 0
-    batch_size: int = 8
-    # --- FedSpaLLM (--algorithm fedspallm; see docs/fedspallm.md) ---
-    rounds: int = 1  # communication rounds (Algorithm 1)
-    expansion: bool = True  # adaptive mask expansion (Eqs. 6-7); --no-expansion keeps the clients' intersection
-    layer_sampling: bool = False  # resource-aware layer sampling (Eqs. 8-9)
-    resources: list[float] = field(default_factory=list)  # per-client fraction of layers per round, in (0, 1]
-    fixed_point_bits: int = 16  # secure Eq. 5 sums: scale = 2^bits / bound (bound = 2 max|W| per matrix)
-    # --- end FedSpaLLM ---
-    out: str = "runs/prune"
-    overwrite: bool = False
+    # --- model and run
+    model: str = opt("smollm2-135m", group="model and run", metavar="NAME|DIR",
+                     help="built-in model (smollm2-135m) or a Hugging Face causal-LM folder")
+    algorithm: str = opt("fedprllm", group="model and run", choices=("fedprllm", "fedspallm"),
+                         help="fedprllm: clients send binary masks and the server keeps the most-voted weights "
+                              "(Guo et al. 2025); fedspallm: clients send SparseGPT-pruned weights, l0-norm "
+                              "aggregation (Bai et al. 2025)")
+    device: str = opt("cpu", group="model and run", metavar="DEV", help="cpu, cuda or cuda:N")
+    seed: int = opt(0, group="model and run",
+                    help="seed of the calibration draw, the client split and every tie-break")
+    batch_size: int = opt(8, group="model and run", help="windows per forward pass (memory against speed)")
+    # --- data
+    clients: int | None = opt(None, group="data",
+                              help="number of simulated clients (default: 16, or one per --client-data file)")
+    nsamples: int = opt(32, group="data",
+                        help="calibration windows in total, split across the clients (Wanda/SparseGPT use 128)")
+    seqlen: int = opt(512, group="data", help="tokens per calibration window (at most the model's context)")
+    calib: str = opt("wiki-lead", group="data", metavar="SOURCES",
+                     help="public corpus of the simulated clients: ptb, wiki-lead, brown, brown:<genre>, or "
+                          "several comma-separated (for --partition dirichlet)")
+    partition: str = opt("iid", group="data", choices=("iid", "dirichlet"),
+                         help="how windows are split across clients: iid, or a Dirichlet mix over the --calib "
+                              "sources (non-IID)")
+    alpha: float = opt(5.0, group="data",
+                       help="Dirichlet concentration, smaller = more skewed (only with --partition dirichlet)")
+    client_data: list[str] = opt(group="data", factory=list, metavar="PATH",
+                                 help="one UTF-8 text file, or folder of .txt files, per client: each client's own "
+                                      "private text (replaces --calib; never cached or copied to the output)")
+    # --- local pruning
+    method: str = opt("auto", group="local pruning", choices=("auto", "wanda", "sparsegpt", "magnitude"),
+                      help="the clients' pruning method; auto = wanda for fedprllm, sparsegpt with its OBS "
+                           "update for fedspallm")
+    sparsegpt_update: bool | None = opt(None, group="local pruning",
+                                        help="with --method sparsegpt: clients also apply SparseGPT's OBS weight "
+                                             "update to their own next-layer inputs (one-shot only) "
+                                             "(default: off for fedprllm, always on for fedspallm)")
+    sparsity: float = opt(0.5, group="local pruning", help="fraction of each prunable matrix to prune, in (0, 1)")
+    local_group: str = opt("auto", group="local pruning", choices=("auto", "row", "layer", "column"),
+                           help="comparison group of the clients' top-k; auto = row (Wanda) for fedprllm, "
+                                "layer (SparseGPT) for fedspallm")
+    # --- server
+    server_group: str = opt("layer", group="server", choices=("layer", "row", "column"),
+                            help="comparison group of the server's vote top-k (FedPrLLM Table 2)")
+    strategy: str = opt("one-shot", group="server", choices=("one-shot", "iterative"),
+                        help="one-shot: all masks sent once; iterative: layer by layer, the global mask broadcast "
+                             "after each layer")
+    scaling: bool = opt(False, group="server",
+                        help="scale kept weights by (m - votes) / m (FedPrLLM step 6)")
+    # --- secure aggregation
+    secure_agg: str = opt("none", group="secure aggregation", choices=("none", "pairwise", "he"),
+                          help="how the server sums the clients' vectors: none (plaintext), pairwise (SecAgg / "
+                               "SecAgg+ masking), he (TenSEAL BFV); the final mask is identical")
+    secagg_neighbours: int = opt(0, group="secure aggregation",
+                                 help="--secure-agg pairwise: SecAgg+ neighbour degree k (0 = complete graph, "
+                                      "plain SecAgg)")
+    # --- FedSpaLLM
+    rounds: int = opt(1, group="FedSpaLLM", help="communication rounds (Algorithm 1)")
+    expansion: bool = opt(True, group="FedSpaLLM",
+                          help="adaptive mask expansion (Eqs. 6-7); --no-expansion keeps the clients' intersection")
+    layer_sampling: bool = opt(False, group="FedSpaLLM", help="resource-aware layer sampling (Eqs. 8-9)")
+    resources: list[float] = opt(group="FedSpaLLM", factory=list, metavar="FRACTION",
+                                 help="with --layer-sampling: fraction of layers each client prunes per round, "
+                                      "in (0, 1]; one value for all or one per client")
+    fixed_point_bits: int = opt(16, group="FedSpaLLM",
+                                help="with --secure-agg: fixed-point bits of the secure Eq. 5 sums "
+                                     "(scale 2^bits / (2 max|W|))")
+    # --- evaluation
+    eval: list[str] = opt(group="evaluation", factory=lambda: ["ptb", "wiki-lead"], metavar="SET",
+                          choices=("ptb", "wiki-lead"),
+                          help="test sets for perplexity: ptb, wiki-lead (Wikipedia lead sections, not "
+                               "WikiText-2); give no value to skip evaluation")
+    eval_windows: int = opt(32, group="evaluation", help="windows per test set; 0 = the whole test set")
+    eval_seqlen: int = opt(512, group="evaluation", help="tokens per evaluation window")
+    baselines: list[str] = opt(group="evaluation", factory=lambda: ["dense", "centralized", "local-only"],
+                               metavar="NAME", choices=("dense", "centralized", "local-only", "random"),
+                               help="also evaluate: dense, centralized (one client with all windows), local-only "
+                                    "(each client alone; FedSpaLLM's 'standalone'), random (fedspallm)")
+    local_only_clients: int = opt(4, group="evaluation",
+                                  help="local-only: how many clients' own models to evaluate (the mean is reported)")
+    # --- output
+    out: str = opt("runs/prune", group="output", metavar="DIR",
+                   help="output folder (written under a temporary name, renamed on success)")
+    overwrite: bool = opt(False, group="output", help="replace --out if it is an earlier secprune output")
+    save_client_masks: bool = opt(False, group="output",
+                                  help="also keep every client's mask (the audits need them), owner-only, in "
+                                       "<out>/private/")
+    keep_calibration: bool = opt(False, group="output",
+                                 help="also keep the clients' calibration token ids, owner-only, in <out>/private/ "
+                                      "(audits can recompute them from the data instead)")
 
     def validate(self) -> PruneConfig:
-        from secprune.federated import STRATEGIES
-        from secprune.methods import METHODS
+        """Check every value and every combination; resolve the ``auto`` defaults. Raises UsageError."""
         from secprune.secagg import BACKENDS
+
+        explicit = getattr(self, "_explicit", None)
+        if explicit is None:  # built in Python: treat every non-default value as given
+            explicit = {f.name for f in fields(self) if getattr(self, f.name) != _default(f)}
 
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise UsageError(msg)
 
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            for v in value if isinstance(value, list) else [value]:
+                need(not choices or v in choices,
+                     f"--{_flag(f.name)}: expected one of {', '.join(choices or ())}, got {v!r}")
         need(0.0 < self.sparsity < 1.0, f"--sparsity must lie in (0, 1), got {self.sparsity}")
-        need(self.algorithm in ("fedprllm", "fedspallm"),
-             f"--algorithm: expected fedprllm or fedspallm, got {self.algorithm!r}")
-        need(self.method == "auto" or self.method in METHODS,
-             f"--method: expected auto or one of {', '.join(METHODS)}, got {self.method!r}")
+        need(self.clients is None or self.clients >= 1, f"--clients must be >= 1, got {self.clients}")
+        need(self.nsamples >= 1, f"--nsamples must be >= 1, got {self.nsamples}")
+        need(self.seqlen >= 2, f"--seqlen must be >= 2, got {self.seqlen}")
+        need(self.eval_seqlen >= 2, f"--eval-seqlen must be >= 2, got {self.eval_seqlen}")
+        need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        need(self.alpha > 0, f"--alpha must be > 0, got {self.alpha}")
+        need(self.eval_windows >= 0, f"--eval-windows must be >= 0 (0 = all), got {self.eval_windows}")
+        need(self.local_only_clients >= 1, f"--local-only-clients must be >= 1, got {self.local_only_clients}")
+        need(self.device in ("cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+             f"--device: expected cpu, cuda or cuda:N, got {self.device!r}")
+        need(self.secure_agg in BACKENDS, f"--secure-agg: expected one of {', '.join(BACKENDS)}")
+
+        # data: the simulated clients or the user's own files, not both
+        if self.client_data:
+            n_files = len(self.client_data)
+            need("clients" not in explicit or self.clients == n_files,
+                 f"--clients {self.clients}: contradicts the {n_files} --client-data paths (one client per path)")
+            need("calib" not in explicit, "--calib: not used with --client-data (each client reads its own text)")
+            need(self.partition == "iid",
+                 "--partition dirichlet: not used with --client-data (each client's own text is its partition)")
+            self.clients = n_files
+        elif self.clients is None:
+            self.clients = 16
+        need("alpha" not in explicit or self.partition == "dirichlet",
+             f"--alpha {self.alpha}: only used with --partition dirichlet")
+        need(self.clients <= self.nsamples,
+             f"--clients {self.clients}: more clients than calibration windows (--nsamples {self.nsamples})")
+
+        # evaluation and baselines
+        if not self.eval:
+            for name in ("eval_windows", "eval_seqlen", "baselines"):
+                need(name not in explicit or (name == "baselines" and not self.baselines),
+                     f"--{_flag(name)}: no test set to evaluate on (--eval was given no value)")
+            self.baselines = []
+        need("local_only_clients" not in explicit or "local-only" in self.baselines,
+             "--local-only-clients: only used with --baselines local-only")
+        need("local_only_clients" not in explicit or self.local_only_clients <= self.clients,
+             f"--local-only-clients {self.local_only_clients}: at most --clients ({self.clients})")
+
+        # secure aggregation
+        if self.secagg_neighbours:
+            need(self.secure_agg == "pairwise",
+                 f"--secagg-neighbours {self.secagg_neighbours}: only used with --secure-agg pairwise")
+            need(0 < self.secagg_neighbours < self.clients,
+                 f"--secagg-neighbours {self.secagg_neighbours}: expected 1..{self.clients - 1} "
+                 f"(fewer than the {self.clients} clients; 0 = complete graph)")
+        from secprune import secagg
+
+        if hasattr(secagg, "check_options"):  # the protocol's own safety floor (docs/secagg.md)
+            try:
+                secagg.check_options(self.secure_agg, n_clients=self.clients,
+                                     neighbours=self.secagg_neighbours or None, threshold=None)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+
         if self.algorithm == "fedspallm":  # clients send SparseGPT-updated weights for Eq. 5 (FedSpaLLM Sec. 5)
             need(self.method in ("auto", "sparsegpt"),
                  f"--method {self.method}: --algorithm fedspallm runs SparseGPT with its OBS update at the clients "
@@ -75,6 +203,8 @@ class PruneConfig:
                              ("--scaling", not self.scaling)):
                 need(ok, f"{flag}: a FedPrLLM option; --algorithm fedspallm aggregates weights by Eq. 5 "
                          "(see --rounds, --expansion, --layer-sampling)")
+            need(not self.save_client_masks, "--save-client-masks: only for --algorithm fedprllm (FedSpaLLM "
+                                             "clients send weights, not masks)")
             self.method, self.sparsegpt_update = "sparsegpt", True
             self.local_group = "layer" if self.local_group == "auto" else self.local_group
         else:
@@ -84,61 +214,85 @@ class PruneConfig:
                 need(ok, f"{flag}: a FedSpaLLM option; pass --algorithm fedspallm "
                          "(FedPrLLM's own rounds are --strategy iterative)")
             self.method = "wanda" if self.method == "auto" else self.method
+            need(not self.sparsegpt_update or self.method == "sparsegpt",
+                 f"--sparsegpt-update: only with --method sparsegpt, got --method {self.method}")
+            need(not self.sparsegpt_update or self.strategy == "one-shot",
+                 "--sparsegpt-update: no effect with --strategy iterative (every client continues from the "
+                 "server's masked dense layer); use --strategy one-shot")
+            need("random" not in self.baselines, "--baselines random: only with --algorithm fedspallm")
             self.sparsegpt_update = bool(self.sparsegpt_update)
             self.local_group = "row" if self.local_group == "auto" else self.local_group
-        need(self.clients >= 1, f"--clients must be >= 1, got {self.clients}")
-        need(self.nsamples >= 1, f"--nsamples must be >= 1, got {self.nsamples}")
-        need(self.seqlen >= 2, f"--seqlen must be >= 2, got {self.seqlen}")
-        need(self.local_group in GROUPS, f"--local-group: expected auto or one of {', '.join(GROUPS)}")
-        need(self.server_group in GROUPS, f"--server-group: expected one of {', '.join(GROUPS)}")
-        need(self.strategy in STRATEGIES, f"--strategy: expected one of {', '.join(STRATEGIES)}")
-        need(self.partition in ("iid", "dirichlet"), f"--partition: expected iid or dirichlet, got {self.partition!r}")
-        need(self.alpha > 0, f"--alpha must be > 0, got {self.alpha}")
-        n_clients = len(self.client_data) or self.clients
-        need(n_clients <= self.nsamples,
-             f"--clients {n_clients}: more clients than calibration samples (--nsamples {self.nsamples})")
-        need(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"),
-             f"--device: expected cpu or cuda, got {self.device!r}")
-        need(self.secure_agg in BACKENDS, f"--secure-agg: expected one of {', '.join(BACKENDS)}")
-        need(self.eval_windows >= 0, f"--eval-windows must be >= 0, got {self.eval_windows}")
-        for name in self.eval:
-            need(name in ("ptb", "wiki-lead"), f"--eval: expected ptb or wiki-lead, got {name!r}")
-        for b in self.baselines:
-            need(b in ("dense", "centralized", "local-only", "random"),
-                 f"--baselines: expected dense, centralized, local-only or random, got {b!r}")
-        # --- FedSpaLLM ---
+
+        # FedSpaLLM
         need(self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}")
         need(1 <= self.fixed_point_bits <= 40, f"--fixed-point-bits must lie in [1, 40], got {self.fixed_point_bits}")
-        try:
-            self.resources = [float(r) for r in self.resources]
-        except (TypeError, ValueError):
-            raise UsageError(f"--resources: expected numbers in (0, 1], got {self.resources!r}") from None
+        need(self.fixed_point_bits == 16 or self.secure_agg != "none",
+             f"--fixed-point-bits {self.fixed_point_bits}: only used with --secure-agg pairwise or he")
         for r in self.resources:
             need(0.0 < r <= 1.0, f"--resources: each value must lie in (0, 1] (fraction of layers), got {r}")
-        need(len(self.resources) in (0, 1, len(self.client_data) or self.clients),
-             f"--resources: expected 1 value or one per client, got {len(self.resources)}")
-        need(self.algorithm == "fedspallm" or "random" not in self.baselines,
-             "--baselines random: only with --algorithm fedspallm")
-        # --- end FedSpaLLM ---
-        if self.client_data:
-            self.clients = len(self.client_data)
+        need(not self.resources or self.layer_sampling, "--resources: only used with --layer-sampling")
+        need(len(self.resources) in (0, 1, self.clients),
+             f"--resources: expected 1 value or one per client ({self.clients}), got {len(self.resources)}")
         return self
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _default(f):
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def _check_type(name: str, typ: str, value):
+    """A TOML value checked against the field's declared type; returns it (ints accepted for floats)."""
+    def bad(expected: str):
+        return UsageError(f"--config: {name} = {value!r}: expected {expected}")
+
+    base = typ.replace(" | None", "")
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+    elif base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        value = float(value)
+    elif base == "str":
+        if not isinstance(value, str):
+            raise bad("a string")
+    elif base.startswith("list["):
+        inner = base[5:-1]
+        if not isinstance(value, list):
+            raise bad(f"a list of {'strings' if inner == 'str' else 'numbers'}")
+        value = [_check_type(name, inner, v) for v in value]
+    return value
+
+
 def load_toml(path: str | Path) -> dict:
+    """The ``[prune]`` table of a TOML file (or its top level), every key and type checked."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"--config: {p} does not exist")
     try:
         data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"--config: {p} is not valid TOML ({exc})") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--config: {p} is not valid TOML ({exc})") from None
     data = data.get("prune", data)
-    known = {f.name for f in fields(PruneConfig)}
-    unknown = set(data) - known
+    types = {f.name: str(f.type) for f in fields(PruneConfig)}
+    unknown = set(data) - set(types)
     if unknown:
         raise UsageError(f"--config: unknown keys {sorted(unknown)} in {p}")
-    return data
+    return {k: _check_type(k, types[k], v) for k, v in data.items()}
+
+
+def config_from(values: dict, explicit: set[str]) -> PruneConfig:
+    """A config from checked ``values``; ``explicit`` names what the user set (to catch contradictions)."""
+    cfg = PruneConfig(**values)
+    cfg._explicit = set(explicit)  # type: ignore[attr-defined]
+    return cfg

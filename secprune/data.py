@@ -85,6 +85,11 @@ def brown(genre: str | None = None) -> str:
     return "\n\n".join(t for g, t in brown_documents().values() if genre is None or g == genre)
 
 
+def is_public(name: str) -> bool:
+    """A packaged public corpus (cacheable), as opposed to the user's own text (``file:<path>``)."""
+    return not name.startswith("file:")
+
+
 def corpus_text(name: str, split: str = "train") -> str:
     """Raw text of a named source: ptb, wiki-lead, brown, brown:<genre>, or file:<path>."""
     if name == "ptb":
@@ -100,30 +105,48 @@ def corpus_text(name: str, split: str = "train") -> str:
                              f"{', '.join(BROWN_GENRES.values())}")
         return brown(genre)
     if name.startswith("file:"):
-        return read_text_path(Path(name[5:]))
+        return read_text_path(Path(name[5:]), flag="--calib")
     raise UsageError(f"unknown corpus {name!r}; expected one of {', '.join(CORPORA)}, brown:<genre>, file:<path>")
 
 
-def read_text_path(path: Path) -> str:
-    """A client's private text: one file, or every .txt file in a folder (sorted)."""
+def read_text_path(path: Path, *, flag: str = "--client-data") -> str:
+    """A client's private text: one UTF-8 file, or every .txt file in a folder (sorted)."""
     if path.is_dir():
         files = sorted(path.glob("*.txt"))
         if not files:
-            raise UsageError(f"--client-data: folder {path} has no .txt files")
-        return "\n\n".join(f.read_text(errors="replace") for f in files)
+            raise UsageError(f"{flag}: folder {path} has no .txt files")
+        return "\n\n".join(read_text_path(f, flag=flag) for f in files)
     if not path.is_file():
-        raise UsageError(f"--client-data: {path} does not exist")
-    return path.read_text(errors="replace")
+        raise UsageError(f"{flag}: {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{flag}: {path} is not UTF-8 text (byte {exc.start}); expected a text file") from None
+    if "\x00" in text:
+        raise UsageError(f"{flag}: {path} contains NUL bytes (a binary file?); expected a text file")
+    if not text.strip():
+        raise UsageError(f"{flag}: {path} is empty")
+    return text
 
 
 def tokenize(tokenizer, text: str, *, cache_key: str | None = None) -> torch.Tensor:
-    """Token ids of ``text`` (1-D int64), cached on disk by tokenizer and text hash."""
+    """Token ids of ``text`` (1-D int64).
+
+    With ``cache_key`` the ids are cached on disk by tokenizer and text hash: only ever for the packaged
+    public corpora. A client's private text is never cached (tokenizing it costs far less than pruning).
+    """
+    def ids_of() -> torch.Tensor:
+        return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0].to(torch.int64)
+
+    if cache_key is None:
+        return ids_of()
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     tok_id = getattr(tokenizer, "name_or_path", "tok").replace("/", "_")[-40:]
-    path = cache_dir() / "tokens" / f"{cache_key or 'text'}-{tok_id}-{len(tokenizer)}-{digest}.npy"
+    path = cache_dir() / "tokens" / f"{cache_key}-{tok_id}-{len(tokenizer)}-{digest}.npy"
     if path.exists():
         return torch.from_numpy(np.load(path))
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0].to(torch.int64)
+    ids = ids_of()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, ids.numpy())
@@ -131,10 +154,12 @@ def tokenize(tokenizer, text: str, *, cache_key: str | None = None) -> torch.Ten
     return ids
 
 
-def sample_windows(ids: torch.Tensor, *, n: int, seqlen: int, rng: np.random.Generator) -> torch.Tensor:
+def sample_windows(ids: torch.Tensor, *, n: int, seqlen: int, rng: np.random.Generator,
+                   source: str = "the text") -> torch.Tensor:
     """``n`` windows of ``seqlen`` tokens at random offsets (SparseGPT/Wanda calibration sampling)."""
     if ids.numel() <= seqlen:
-        raise UsageError(f"--seqlen {seqlen}: text has only {ids.numel()} tokens, need more than that")
+        raise UsageError(f"--seqlen {seqlen}: {source} has only {ids.numel()} tokens; expected more than "
+                         f"{seqlen}")
     starts = rng.integers(0, ids.numel() - seqlen, size=n)
     return torch.stack([ids[s:s + seqlen] for s in starts])
 

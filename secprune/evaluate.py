@@ -42,3 +42,25 @@ def achieved_sparsity(model) -> dict:
         total += n
     return {"overall": zeros / total, "per_layer": {k: z / n for k, (z, n) in per_layer.items()},
             "per_matrix": per_matrix}
+
+
+def evaluate_model(model, evals: dict[str, torch.Tensor], *, masks: dict[str, torch.Tensor] | None = None,
+                   scales: dict[str, torch.Tensor] | None = None, weights: dict[str, torch.Tensor] | None = None,
+                   label: str = "eval", progress: bool = True) -> dict:
+    """Perplexity on every test set of the model pruned by ``masks`` (times ``scales``) or carrying ``weights``
+    in place of its dense matrices; the dense model is restored afterwards. With a pruned model the result
+    also gives ``weight_sparsity``: the fraction of exact zeros, which can exceed the mask's sparsity when
+    the dense weights already hold zeros (4-bit dequantized checkpoints do)."""
+    from secprune.federated import apply_masks, restore
+    from secprune.fedspallm.driver import apply_weights, restore_weights
+
+    backup_w = apply_weights(model, weights) if weights else {}
+    backup_m = apply_masks(model, masks, scales=scales) if masks and not weights else {}
+    try:
+        res = {name: perplexity(model, w, desc=f"{label} {name}", progress=progress) for name, w in evals.items()}
+        if weights or masks:
+            res["weight_sparsity"] = achieved_sparsity(model)["overall"]
+        return res
+    finally:
+        restore(model, backup_m)
+        restore_weights(model, backup_w)

@@ -53,6 +53,7 @@ class FedResult:
     server_group: str
     scaling: bool
     secagg: dict = field(default_factory=dict)
+    weights: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # kept clients' updated weights
 
 
 def server_masks(counts: dict[str, torch.Tensor], *, sparsity: float, group: str, seed: int
@@ -77,8 +78,14 @@ def _secure_counts(summer: SecureSum, masks: MaskSet, name: str) -> torch.Tensor
 def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, spec: LocalSpec,
                     strategy: str = "one-shot", server_group: str = "layer", scaling: bool = False,
                     summer: SecureSum | None = None, checkpoint: Path | None = None,
-                    desc: str = "prune", progress: bool = True) -> FedResult:
-    """Run FedPrLLM over ``windows`` (n, seqlen) split into client index sets ``parts``."""
+                    keep_weights: tuple[int, ...] | list[int] = (), desc: str = "prune",
+                    progress: bool = True) -> FedResult:
+    """Run FedPrLLM over ``windows`` (n, seqlen) split into client index sets ``parts``.
+
+    ``keep_weights`` names clients whose own pruned weights are returned in ``FedResult.weights`` (CPU):
+    with SparseGPT's OBS update they differ from the masked dense weights, and a client-alone baseline
+    (centralized, local-only) must be evaluated with them.
+    """
     if strategy not in STRATEGIES:
         raise ValueError(f"--strategy: expected one of {STRATEGIES}, got {strategy!r}")
     m = len(parts)
@@ -99,6 +106,7 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
     client_masks = MaskSet(m)
     counts: dict[str, torch.Tensor] = {}
     final: dict[str, torch.Tensor] = {}
+    kept: dict[int, dict[str, torch.Tensor]] = {i: {} for i in keep_weights}
     resumed = ckpt.load()
     if resumed is not None:
         start, inps = resumed.step, resumed.inps.to(device)
@@ -107,6 +115,8 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
             client_masks.shapes.update(st["shapes"])
             counts.update(st["counts"])
             final.update(st["final"])
+            for i, ws in st.get("weights", {}).items():
+                kept.setdefault(i, {}).update(ws)
         if "secagg" in resumed.extra:  # iterative: the sums already run were sent; keep counting their bytes
             summer.restore_accounting(resumed.extra["secagg"])
     else:
@@ -152,6 +162,8 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
                 client_masks.put(f"layers.{li}.{n}", i, res.mask)
                 if res.weight is not None:
                     local_weights[(i, n)] = res.weight.to(dense[n].dtype)
+                    if i in kept:
+                        kept[i][f"layers.{li}.{n}"] = local_weights[(i, n)].to("cpu", copy=True)
 
         # 3. inputs of the next layer
         outs = torch.empty_like(inps)
@@ -182,14 +194,16 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
         ckpt.save(li, inps, {"packed": {n: client_masks.packed[n] for n in names},
                              "shapes": {n: client_masks.shapes[n] for n in names},
                              "counts": {n: counts[n] for n in names if n in counts},
-                             "final": {n: final[n] for n in names if n in final}},
+                             "final": {n: final[n] for n in names if n in final},
+                             "weights": {i: {n: ws[n] for n in names if n in ws} for i, ws in kept.items()}},
                   extra=lambda: {"secagg": summer.accounting()})
 
     if strategy == "one-shot":  # steps 2-4 happen once, after every layer's local mask exists
         for name in client_masks.names():
             counts[name] = _secure_counts(summer, client_masks, name)
         final = server_masks(counts, sparsity=spec.sparsity, group=server_group, seed=spec.seed)
-    return FedResult(client_masks, counts, final, m, strategy, server_group, scaling, summer.stats())
+    return FedResult(client_masks, counts, final, m, strategy, server_group, scaling, summer.stats(),
+                     {i: ws for i, ws in kept.items() if ws})
 
 
 def apply_masks(model, masks: dict[str, torch.Tensor], *, scales: dict[str, torch.Tensor] | None = None

@@ -51,18 +51,22 @@ class MaskSet:
     def party(self, i: int) -> dict[str, torch.Tensor]:
         return {name: self.get(i, name) for name in self.packed}
 
-    def save(self, path: Path, *, parties: list[int] | None = None) -> None:
-        """safetensors with one packed uint8 array per (party, matrix); shapes in the metadata."""
+    def save(self, path: Path, *, parties: list[int] | None = None, names: dict[str, str] | None = None) -> None:
+        """safetensors with one packed uint8 array per (party, matrix), keyed ``"{party}/{name}"``; shapes in
+        the metadata. ``names`` renames matrices on disk (e.g. to the model's own parameter names)."""
         parties = list(range(self.n)) if parties is None else parties
-        tensors = {f"{p}/{name}": self.packed[name][p] for p in parties for name in self.packed}
+        names = names or {}
+        tensors = {f"{p}/{names.get(n, n)}": self.packed[n][p] for p in parties for n in self.packed}
         meta = {"format": "secprune-masks-v1", "bitorder": "big", "pruned": "1",
-                "parties": json.dumps(parties), "shapes": json.dumps(self.shapes)}
+                "parties": json.dumps(parties),
+                "shapes": json.dumps({names.get(n, n): s for n, s in self.shapes.items()})}
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> MaskSet:
+    def load(cls, path: Path, *, names: dict[str, str] | None = None) -> MaskSet:
+        """Inverse of :meth:`save`; ``names`` maps names on disk back to ours."""
         from safetensors import safe_open
 
         with safe_open(str(path), framework="numpy") as f:
@@ -71,7 +75,9 @@ class MaskSet:
         shapes = {k: tuple(v) for k, v in json.loads(meta["shapes"]).items()}
         arrays = load_file(str(path))
         out = cls(len(parties))
+        names = names or {}
         for name, shape in shapes.items():
-            out.shapes[name] = shape  # type: ignore[assignment]
-            out.packed[name] = np.stack([arrays[f"{p}/{name}"] for p in parties])
+            ours = names.get(name, name)
+            out.shapes[ours] = shape  # type: ignore[assignment]
+            out.packed[ours] = np.stack([arrays[f"{p}/{name}"] for p in parties])
         return out

@@ -63,20 +63,80 @@ def resolve_model_path(model: str) -> Path:
     return path
 
 
-def load_model(model: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """Return (model, tokenizer) for a built-in name or a Hugging Face causal-LM folder."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def max_context(config) -> int | None:
+    """The longest sequence the model's position scheme supports, when its config says so."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def inspect_model(model: str):
+    """(folder, config) of a model, checked before any weights are read: a causal LM with weights."""
+    from transformers import AutoConfig
 
     path = resolve_model_path(model)
-    config = AutoConfig.from_pretrained(path)
     try:
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"--model: {path}/config.json cannot be read ({str(exc).splitlines()[0]})") from None
+    archs = getattr(config, "architectures", None) or []
+    if archs and not any(a.endswith(CAUSAL_SUFFIXES) for a in archs):
+        raise UsageError(f"--model: {path} holds a {archs[0]} checkpoint, not a causal LM "
+                         f"(expected an architecture ending in {' or '.join(CAUSAL_SUFFIXES)})")
+    if getattr(config, "is_encoder_decoder", False):
+        raise UsageError(f"--model: {path} is an encoder-decoder model ({type(config).__name__}); expected a "
+                         "decoder-only causal LM")
+    if not any((path / f).exists() for f in WEIGHT_FILES):
+        raise UsageError(f"--model: {path} has no weights (expected one of {', '.join(WEIGHT_FILES)})")
+    return path, config
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise UsageError(f"--model: {path} has no tokenizer (expected one of {', '.join(TOKENIZER_FILES)})")
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise UsageError(f"--model: {path} has no usable tokenizer ({str(exc).splitlines()[0][:120]})") from None
+    if tok is None or isinstance(tok, bool):
+        raise UsageError(f"--model: {path} has no tokenizer files (tokenizer.json, tokenizer.model, ...)")
+    return tok
+
+
+def load_model(model: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """Return (model, tokenizer) for a built-in name or a Hugging Face causal-LM folder."""
+    path, config = inspect_model(model)
+    tok = load_tokenizer(path)
+    return load_lm(path, config, device=device, dtype=dtype), tok
+
+
+def load_lm(path: Path, config, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """The causal LM in ``path`` (checked by :func:`inspect_model`), every weight read from the checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        lm, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
     except ValueError as exc:
         raise UsageError(f"--model: {path} has no causal-LM head ({type(config).__name__})") from exc
-    tok = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:
+        raise UsageError(f"--model: {path}: weights cannot be read ({str(exc).splitlines()[0][:120]})") from None
+    tied = set(getattr(lm, "_tied_weights_keys", None) or [])
+    missing = [k for k in info.get("missing_keys", []) if k not in tied]
+    if missing:
+        raise UsageError(f"--model: {path}: {len(missing)} weights of {type(lm).__name__} are missing from the "
+                         f"checkpoint (e.g. {missing[0]}): not a causal-LM checkpoint of this architecture")
     lm.config.use_cache = False
-    lm.eval().to(device)
-    return lm, tok
+    return lm.eval().to(device)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -107,3 +167,11 @@ def all_prunable(model: nn.Module) -> dict[str, nn.Linear]:
         for name, lin in prunable_linears(layer).items():
             out[f"layers.{i}.{name}"] = lin
     return out
+
+
+def param_names(model: nn.Module) -> dict[str, str]:
+    """Our matrix names ('layers.3.mlp.up_proj') -> the model's own parameter names
+    ('model.layers.3.mlp.up_proj.weight'), as ``state_dict`` and ``from_pretrained`` know them."""
+    stack = decoder_layers(model)
+    prefix = next(name for name, module in model.named_modules() if module is stack)
+    return {name: f"{prefix}.{name.split('.', 1)[1]}.weight" for name in all_prunable(model)}

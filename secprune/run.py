@@ -1,172 +1,203 @@
 """`secprune prune`: calibration -> local masks -> (secure) aggregation -> global mask -> evaluation.
 
-Outputs go to a temporary folder renamed to ``--out`` only when the run succeeds; per-layer
-checkpoints live in ``<out>.partial/`` so an interrupted run resumes where it stopped.
+Every input is checked before any work (model, tokenizer, context length, test sets, client files). Outputs
+go to a temporary folder renamed to ``--out`` only when the run succeeds; per-layer checkpoints live in the
+owner-only ``<out>.partial/`` so an interrupted run resumes where it stopped. What lands in ``--out`` is
+the server's output (global mask, counts with ``--scaling``) and numbers; a client's masks or calibration
+token ids only when asked, owner-only, in ``<out>/private/``. See docs/outputs.md.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import resource
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
+from safetensors.numpy import save_file
 
-from secprune import calibration
-from secprune.aggregate import scale_factor
+from secprune import calibration, log, outdir, summary
+from secprune.aggregate import count_dtype, scale_factor
 from secprune.comm import mask_communication
 from secprune.config import PruneConfig
-from secprune.evaluate import achieved_sparsity, perplexity
-from secprune.federated import FedResult, LocalSpec, apply_masks, federated_prune, restore
+from secprune.evaluate import evaluate_model
+from secprune.federated import FedResult, LocalSpec, federated_prune
 from secprune.masks import MaskSet
 from secprune.methods import make_method
-from secprune.model import UsageError, load_model
+from secprune.model import UsageError, inspect_model, load_lm, load_tokenizer, max_context, param_names
 from secprune.secagg import make_summer
 
-console = Console(stderr=True)
+
+@dataclass
+class Prepared:
+    """What every run starts from, all of it checked."""
+
+    model: torch.nn.Module
+    tok: object
+    calib: calibration.Calibration
+    evals: dict[str, torch.Tensor]
 
 
-def peak_memory_mb(device: str) -> dict:
-    out = {"cpu_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        out["cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
-
-
-def evaluate(model, tok, cfg: PruneConfig, masks: dict | None, scales: dict | None, label: str,
-             progress: bool = True) -> dict:
-    backup = apply_masks(model, masks, scales=scales) if masks else {}
-    try:
-        res = {name: perplexity(model, calibration.eval_set(name, tok, seqlen=cfg.eval_seqlen,
-                                                            max_windows=cfg.eval_windows),
-                                desc=f"{label} {name}", progress=progress) for name in cfg.eval}
-        if masks:
-            res["sparsity"] = achieved_sparsity(model)["overall"]
-        return res
-    finally:
-        restore(model, backup)
-
-
-def _prepare_out(cfg: PruneConfig) -> tuple[Path, Path, Path]:
-    out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise UsageError(f"--out: {out} exists and is not empty; pass --overwrite or choose another folder")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return out, tmp, out.with_name(out.name + ".partial")
-
-
-def _finish(tmp: Path, out: Path, partial: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    shutil.rmtree(partial, ignore_errors=True)
+def prepare(cfg: PruneConfig) -> Prepared:
+    """Check the inputs that can be checked cheaply (model folder, context, test sets, client data), then load."""
+    path, config = inspect_model(cfg.model)
+    ctx = max_context(config)
+    for flag, n in (("--seqlen", cfg.seqlen), ("--eval-seqlen", cfg.eval_seqlen if cfg.eval else 0)):
+        if ctx is not None and n > ctx:
+            raise UsageError(f"{flag} {n}: longer than the model's context ({ctx} tokens)")
+    tok = load_tokenizer(path)
+    evals = {name: calibration.eval_set(name, tok, seqlen=cfg.eval_seqlen, max_windows=cfg.eval_windows)
+             for name in cfg.eval}
+    calib = calibration.build(cfg, tok)
+    return Prepared(load_lm(path, config, device=cfg.device), tok, calib, evals)
 
 
 def run_prune(cfg: PruneConfig, *, progress: bool = True) -> dict:
     cfg.validate()
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
-    out, tmp, partial = _prepare_out(cfg)
+        raise UsageError(f"--device {cfg.device}: no CUDA device is available")
+    out = Path(cfg.out)
+    outdir.check_target(out, overwrite=cfg.overwrite)
+    partial = out.with_name(out.name + ".partial")
+    tmp = outdir.staging(out, kind="prune")
     try:
-        summary = _run(cfg, tmp, partial, progress=progress)
-        _finish(tmp, out, partial)
+        t0 = time.perf_counter()
+        prep = prepare(cfg)
+        outdir.private_dir(partial)
+        if cfg.algorithm == "fedspallm":  # FedSpaLLM (docs/fedspallm.md)
+            from secprune.fedspallm.run import run_fedspallm
+
+            summ, details = run_fedspallm(cfg, prep, tmp, partial, progress=progress)
+        else:
+            summ, details = _run_fedprllm(cfg, prep, tmp, partial, progress=progress)
+        summ["time_s"]["total_s"] = time.perf_counter() - t0
+        summ["peak_memory"] = summary.peak_memory_mb(cfg.device)
+        keep_private(cfg, prep, tmp, summ["files"])
+        summary.write(tmp, summ, details)
+        outdir.commit(tmp, out)
+        shutil.rmtree(partial, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return summary
+    return summ
 
 
-def _run(cfg: PruneConfig, tmp: Path, partial: Path, *, progress: bool) -> dict:
-    if cfg.algorithm == "fedspallm":  # FedSpaLLM (docs/fedspallm.md)
-        from secprune.fedspallm.run import run_fedspallm
+def keep_private(cfg: PruneConfig, prep: Prepared, folder: Path, files: dict) -> None:
+    """``--keep-calibration``: the clients' token ids, owner-only, with a warning (never by default)."""
+    if not cfg.keep_calibration:
+        return
+    path = outdir.private_dir(folder / "private") / "calibration.pt"
+    torch.save({"windows": prep.calib.windows, "parts": prep.calib.parts, "sources": prep.calib.sources}, path)
+    outdir.make_private(path)
+    files["calibration"] = "private/calibration.pt"
+    log.warn(f"--keep-calibration: every client's calibration token ids are kept in {cfg.out}/private/ "
+             "(owner-only); they decode to the clients' text: delete them when the audit is done")
 
-        return run_fedspallm(cfg, tmp, partial, progress=progress)
-    t0 = time.perf_counter()
+
+def common_summary(cfg: PruneConfig, prep: Prepared) -> dict:
+    """The parts of the summary both algorithms fill the same way."""
+    n, seqlen = prep.calib.windows.shape
+    return {"algorithm": cfg.algorithm, "config": cfg.to_dict(), "model": summary.model_info(prep.model, cfg.model),
+            "calibration": {**prep.calib.info, "windows": int(n), "seqlen": int(seqlen)},
+            "evaluation": {name: {"windows": int(w.shape[0]), "seqlen": int(w.shape[1])}
+                           for name, w in prep.evals.items()}}
+
+
+def save_final_mask(model, masks: dict[str, torch.Tensor], folder: Path) -> None:
+    final = MaskSet(1)
+    for name, mask in masks.items():
+        final.put(name, 0, mask)
+    final.save(folder / "final_mask.safetensors", names=param_names(model))
+
+
+def mean_over_clients(per_client: list[dict], names: list[str]) -> dict:
+    keys = [n for n in (*names, "weight_sparsity", "mask_sparsity") if all(n in r for r in per_client)]
+    return {n: float(np.mean([r[n] for r in per_client])) for n in keys} | {
+        "clients_evaluated": len(per_client), "per_client": per_client}
+
+
+def _run_fedprllm(cfg: PruneConfig, prep: Prepared, tmp: Path, partial: Path, *, progress: bool
+                  ) -> tuple[dict, dict]:
     torch.manual_seed(cfg.seed)
-    model, tok = load_model(cfg.model, device=cfg.device)
-    calib = calibration.build(cfg, tok)
+    model, calib, evals = prep.model, prep.calib, prep.evals
     m = len(calib.parts)
     spec = LocalSpec(make_method(cfg.method, sparsegpt_update=cfg.sparsegpt_update), cfg.sparsity,
                      cfg.local_group, cfg.seed, cfg.batch_size)
     summer = make_summer(cfg.secure_agg, n_clients=m, seed=cfg.seed,
                          **({"neighbours": cfg.secagg_neighbours} if cfg.secagg_neighbours else {}))
-    console.print(f"[bold]secprune[/] {cfg.algorithm}/{cfg.method}: {m} clients, {len(calib.windows)} windows "
-                  f"x {cfg.seqlen} tokens, sparsity {cfg.sparsity}, {cfg.strategy}, server {cfg.server_group}")
+    n_local = min(cfg.local_only_clients, m) if "local-only" in cfg.baselines else 0
+    keep = list(range(n_local)) if cfg.sparsegpt_update and cfg.strategy == "one-shot" else []
+    log.info(f"[bold]secprune[/] fedprllm/{cfg.method}: {m} clients, {len(calib.windows)} windows x {cfg.seqlen} "
+             f"tokens, sparsity {cfg.sparsity}, {cfg.strategy}, server group {cfg.server_group}, "
+             f"secure sum {cfg.secure_agg}", markup=True)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     fed: FedResult = federated_prune(model, calib.windows, calib.parts, spec=spec, strategy=cfg.strategy,
                                      server_group=cfg.server_group, scaling=cfg.scaling, summer=summer,
-                                     checkpoint=partial / "federated", desc="clients", progress=progress)
-    timings["federated_prune_s"] = time.perf_counter() - t
+                                     checkpoint=partial / "federated", keep_weights=keep, desc="clients",
+                                     progress=progress)
+    timings["prune_s"] = time.perf_counter() - t
     scales = {n: scale_factor(c, m) for n, c in fed.counts.items()} if cfg.scaling else None
+    sparsity = summary.mask_sparsity(fed.final, target=cfg.sparsity)
 
     results: dict[str, dict] = {}
     if "dense" in cfg.baselines:
-        results["dense"] = evaluate(model, tok, cfg, None, None, "dense")
+        results["dense"] = evaluate_model(model, evals, label="dense", progress=progress)
     t = time.perf_counter()
-    results["fedprllm"] = evaluate(model, tok, cfg, fed.final, scales, "fedprllm")
+    results["federated"] = evaluate_model(model, evals, masks=fed.final, scales=scales, label="federated",
+                                          progress=progress) | {"mask_sparsity": sparsity["mask"]}
     timings["eval_s"] = time.perf_counter() - t
-    if "centralized" in cfg.baselines:
+    if "centralized" in cfg.baselines:  # one client holding every window: plain local pruning
         t = time.perf_counter()
         cen = federated_prune(model, calib.windows, [np.arange(len(calib.windows))], spec=spec,
-                              checkpoint=partial / "centralized", desc="centralized", progress=progress)
+                              checkpoint=partial / "centralized", keep_weights=[0] if cfg.sparsegpt_update else [],
+                              desc="centralized", progress=progress)
         timings["centralized_prune_s"] = time.perf_counter() - t
-        results["centralized"] = evaluate(model, tok, cfg, cen.final, None, "centralized")
-    if "local-only" in cfg.baselines and cfg.local_only_clients > 0:
-        k = min(cfg.local_only_clients, m)
+        results["centralized"] = evaluate_model(model, evals, masks=cen.final, weights=cen.weights.get(0),
+                                                label="centralized", progress=progress) | {
+            "mask_sparsity": summary.mask_sparsity(cen.final, target=cfg.sparsity)["mask"]}
+    if n_local:
         per_client = []
-        for i in range(k):
+        for i in range(n_local):
             if cfg.strategy == "one-shot":  # one-shot client masks ARE each client's stand-alone masks
-                masks = fed.client_masks.party(i)
+                masks, weights = fed.client_masks.party(i), fed.weights.get(i)
             else:
-                masks = federated_prune(model, calib.windows[torch.as_tensor(calib.parts[i])],
-                                        [np.arange(len(calib.parts[i]))], spec=spec, progress=False).final
-            per_client.append(evaluate(model, tok, cfg, masks, None, f"local {i}"))
-        results["local-only"] = {
-            name: float(np.mean([r[name] for r in per_client])) for name in cfg.eval} | {
-            "clients_evaluated": k, "per_client": per_client}
+                solo = federated_prune(model, calib.windows[torch.as_tensor(calib.parts[i])],
+                                       [np.arange(len(calib.parts[i]))], spec=spec, progress=False)
+                masks, weights = solo.final, None
+            per_client.append(evaluate_model(model, evals, masks=masks, weights=weights, label=f"local {i}",
+                                             progress=progress) | {
+                "mask_sparsity": summary.mask_sparsity(masks, target=cfg.sparsity)["mask"]})
+        results["local-only"] = mean_over_clients(per_client, list(evals))
 
-    final = MaskSet(1)
-    for name, mask in fed.final.items():
-        final.put(name, 0, mask)
-    final.save(tmp / "final_mask.safetensors")
+    save_final_mask(model, fed.final, tmp)
+    files = {"final_mask": "final_mask.safetensors", "summary": "summary.json", "log": "log.json"}
+    names = param_names(model)
+    if cfg.scaling:  # the secure sum's output, which the scale factors are computed from
+        save_file({names[n]: c.numpy().astype(count_dtype(m)) for n, c in fed.counts.items()},
+                  str(tmp / "vote_counts.safetensors"), metadata={"format": "secprune-vote-counts-v1",
+                                                                  "clients": str(m)})
+        files["vote_counts"] = "vote_counts.safetensors"
     if cfg.save_client_masks:
-        fed.client_masks.save(tmp / "client_masks.safetensors")
-    torch.save({"windows": calib.windows, "parts": calib.parts, "sources": calib.sources},
-               tmp / "calibration.pt")  # token ids for audits; the summary holds no text
-
-    layer_entries = [0] * len(set(n.split(".")[1] for n in fed.final))
-    for name, mask in fed.final.items():
-        layer_entries[int(name.split(".")[1])] += mask.numel()
-    summary = {
-        "config": cfg.to_dict(),
-        "calibration": calib.info,
-        "results": results,
-        "sparsity": achieved_sparsity_of_masks(fed.final),
-        "communication": mask_communication(layer_entries=layer_entries, n_clients=m, strategy=cfg.strategy),
-        "secure_aggregation": fed.secagg,
-        "time_s": {**timings, "total_s": time.perf_counter() - t0},
-        "peak_memory": peak_memory_mb(cfg.device),
-        "files": {"final_mask": "final_mask.safetensors", "calibration": "calibration.pt",
-                  **({"client_masks": "client_masks.safetensors"} if cfg.save_client_masks else {})},
-    }
-    (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    return summary
+        path = outdir.private_dir(tmp / "private") / "client_masks.safetensors"
+        fed.client_masks.save(path, names=names)
+        outdir.make_private(path)
+        files["client_masks"] = "private/client_masks.safetensors"
+        log.warn(f"--save-client-masks: every client's own mask is kept in {cfg.out}/private/ (owner-only); "
+                 "a client's mask leaks its data (see `secprune audit`)")
+    comm, comm_log = summary.fedprllm_communication(
+        mask_communication(layer_entries=_layer_entries(fed.final), n_clients=m, strategy=cfg.strategy))
+    sec, sec_log = summary.secagg_parts(fed.secagg, backend=cfg.secure_agg)
+    summ = common_summary(cfg, prep) | {
+        "results": results, "sparsity": sparsity, "communication": comm, "secure_aggregation": sec,
+        "time_s": timings, "files": files}
+    return summ, {"communication": comm_log, "secure_aggregation": sec_log}
 
 
-def achieved_sparsity_of_masks(masks: dict[str, torch.Tensor]) -> dict:
-    per_layer: dict[str, list[int]] = {}
+def _layer_entries(masks: dict[str, torch.Tensor]) -> list[int]:
+    entries = [0] * len({n.split(".")[1] for n in masks})
     for name, mask in masks.items():
-        layer = ".".join(name.split(".")[:2])
-        acc = per_layer.setdefault(layer, [0, 0])
-        acc[0] += int(mask.sum())
-        acc[1] += mask.numel()
-    total = [sum(v[0] for v in per_layer.values()), sum(v[1] for v in per_layer.values())]
-    return {"overall": total[0] / total[1], "per_layer": {k: v[0] / v[1] for k, v in per_layer.items()}}
+        entries[int(name.split(".")[1])] += mask.numel()
+    return entries

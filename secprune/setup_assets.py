@@ -31,6 +31,6 @@ def fetch_brown() -> Path:
     return dest
 
 
-def setup_all() -> None:
-    print(f"model: {convert_builtin('smollm2-135m')}")
-    print(f"brown: {fetch_brown()}")
+def setup_all() -> dict:
+    """Prepare every offline asset; returns where each lives (the command prints it as JSON)."""
+    return {"model": str(convert_builtin("smollm2-135m")), "brown": str(fetch_brown())}

@@ -25,3 +25,49 @@ def model() -> LlamaForCausalLM:
 def windows() -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, VOCAB, (8, 32), generator=g)
+
+
+def char_tokenizer():
+    """A character-level tokenizer (printable ASCII): every text tokenizes, no download."""
+    import string
+
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = ["[UNK]"] + list(string.printable)
+    tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+
+
+def make_model_folder(path, *, layers: int = 2, max_positions: int = 128, weights: bool = True,
+                      tokenizer: bool = True):
+    """A tiny random LLaMA saved as a Hugging Face folder (optionally without weights or tokenizer)."""
+    model = tiny_llama(layers=layers)
+    model.config.max_position_embeddings = max_positions
+    model.save_pretrained(path)
+    if not weights:
+        (path / "model.safetensors").unlink()
+    if tokenizer:
+        char_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    return make_model_folder(tmp_path_factory.mktemp("tiny-llama"))
+
+
+# distinctive private texts: none of their 12-character runs occurs in the public corpora
+CLIENT_TEXTS = ("quokka zorvatide 4417-QX vexillum jubjub xylograph frumious snicker-snack. " * 40,
+                "bandersnatch 99-ZK tumtum callooh wabe borogove mimsy outgrabe 731 jabberwock. " * 40)
+
+
+@pytest.fixture(scope="session")
+def client_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clients")
+    paths = []
+    for i, t in enumerate(CLIENT_TEXTS):
+        (root / f"c{i}.txt").write_text(t)
+        paths.append(str(root / f"c{i}.txt"))
+    return paths

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from secprune.attacks import inversion as inv
 from secprune.attacks.membership import MIABudget, run_membership, signal_strength
 from secprune.audits.engine import LayerZeroMasks

@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from secprune.audits import epsilon as E
 from secprune.audits import measures
 from secprune.audits.engine import LayerZeroMasks, full_depth_masks
 from secprune.audits.synthetic import tiny_llama, zipf_windows
-
 from secprune.federated import LocalSpec, federated_prune
 from secprune.methods import make_method
 

@@ -161,16 +161,15 @@ def test_secure_aggregation_fixed_point_error():
 
 
 def test_cli_run_fedspallm_end_to_end(tmp_path, monkeypatch):
-    """`secprune prune --algorithm fedspallm` through run_prune with the tiny model and synthetic text."""
+    """`secprune prune --algorithm fedspallm` through run_prune with the tiny model and synthetic windows."""
     from secprune import calibration
+    from secprune import run as run_mod
     from secprune.cli import main
-    from secprune.fedspallm import run as fr
 
     model, wins = tiny_model(), windows(n=8)
-    monkeypatch.setattr(fr, "load_model", lambda name, device="cpu": (model, None))
-    monkeypatch.setattr(calibration, "build", lambda cfg, tok: calibration.Calibration(
-        wins, split(len(wins), cfg.clients), ["synthetic"] * len(wins), {"partition": "test"}))
-    monkeypatch.setattr(calibration, "eval_set", lambda name, tok, seqlen, max_windows: windows(n=2, seed=5))
+    monkeypatch.setattr(run_mod, "prepare", lambda cfg: run_mod.Prepared(
+        model, None, calibration.Calibration(wins, split(len(wins), cfg.clients), ["synthetic"] * len(wins),
+                                             {"partition": "test"}), {"ptb": windows(n=2, seed=5)}))
     out = tmp_path / "run"
     rc = main(["prune", "--algorithm", "fedspallm", "--clients", "4", "--nsamples", "8", "--sparsity", "0.6",
                "--baselines", "dense", "local-only", "random", "--local-only-clients", "2", "--rounds", "2",
@@ -178,11 +177,14 @@ def test_cli_run_fedspallm_end_to_end(tmp_path, monkeypatch):
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     r = summary["results"]
-    assert set(r) == {"dense", "fedspallm", "standalone", "random"}
-    assert r["standalone"]["clients_evaluated"] == 2
-    assert r["fedspallm"]["sparsity"] == pytest.approx(0.6, abs=1e-3)
+    assert set(r) == {"dense", "federated", "local-only", "random"}
+    assert r["local-only"]["clients_evaluated"] == 2
+    assert r["federated"]["mask_sparsity"] == pytest.approx(0.6, abs=1e-3)
+    assert r["federated"]["weight_sparsity"] >= r["federated"]["mask_sparsity"] - 1e-9
     assert summary["config"]["method"] == "sparsegpt" and summary["config"]["sparsegpt_update"] is True
-    assert len(summary["rounds"]) == 2 and len(summary["communication"]["rounds"]) == 2
+    assert summary["communication"]["rounds"] == 2 and len(summary["fedspallm"]["sparsity_intersection"]) == 2
+    detail = json.loads((out / "log.json").read_text())
+    assert len(detail["fedspallm_rounds"]) == 2 and len(detail["communication"]["per_round"]) == 2
     assert (out / "final_mask.safetensors").exists() and (out / "global_weights.safetensors").exists()
     assert main(["prune", "--algorithm", "fedspallm", "--clients", "1", "--nsamples", "8", "--layer-sampling",
                  "--resources", "0.1", "--out", str(tmp_path / "bad"), "--quiet"]) == 2  # Corollary 4.1

@@ -356,13 +356,23 @@ def _tables(a: dict, private: dict | None) -> dict[str, list]:
     return b
 
 
-def write_report(audit_dir: Path, out_dir: Path, *, show_reconstructions: bool = False) -> dict:
+def write_report(audit_dir: Path, out_dir: Path, *, show_reconstructions: bool = False,
+                 overwrite: bool = False) -> dict:
+    """Write the report into a fresh folder (renamed over ``out_dir`` at the end). With
+    ``show_reconstructions`` the report quotes private text, so its folder is the owner's alone."""
+    from secprune import log, outdir
+    from secprune.model import UsageError
+
     audit_dir, out_dir = Path(audit_dir), Path(out_dir)
     a = json.loads((audit_dir / "audit.json").read_text())
     private = None
     if show_reconstructions:
         p = audit_dir / "private" / "reconstructions.json"
-        private = json.loads(p.read_text()) if p.is_file() else {"clients": []}
+        if not p.is_file():
+            raise UsageError(f"--show-reconstructions: {audit_dir} kept no reconstructions; rerun `secprune audit` "
+                             "with --keep-reconstructions")
+        private = json.loads(p.read_text())
+    outdir.check_target(out_dir, overwrite=overwrite)
     figs = _figures(a)
     blocks = _tables(a, private)
     title = "secprune privacy audit"
@@ -403,7 +413,7 @@ def write_report(audit_dir: Path, out_dir: Path, *, show_reconstructions: bool =
         parts.append("</section>")
     parts.append("</body></html>")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    final_dir, out_dir = out_dir, outdir.staging(out_dir, kind="report")
     for name, (png, _, _) in figs.items():
         _atomic_write(out_dir / "figures" / f"{name}.png", png)
     _atomic_write(out_dir / "report.html", "".join(parts))
@@ -413,8 +423,17 @@ def write_report(audit_dir: Path, out_dir: Path, *, show_reconstructions: bool =
                    "tables": {sid: [blk[1:] for blk in bl if blk[0] == "table"] for sid, bl in blocks.items()},
                    "reconstructions_shown": show_reconstructions}
     _atomic_write(out_dir / "report.json", json.dumps(report_json, indent=1, default=_default))
-    return {"html": str(out_dir / "report.html"), "markdown": str(out_dir / "report.md"),
-            "json": str(out_dir / "report.json"), "figures": sorted(figs)}
+    if show_reconstructions:  # the report quotes the clients' text: owner-only
+        for f in [out_dir, *out_dir.rglob("*")]:
+            if f.is_dir():
+                outdir.private_dir(f)
+            else:
+                outdir.make_private(f)
+        log.warn(f"--show-reconstructions: {final_dir} quotes the clients' private text (owner-only folder); "
+                 "do not share it")
+    outdir.commit(out_dir, final_dir)
+    return {"html": str(final_dir / "report.html"), "markdown": str(final_dir / "report.md"),
+            "json": str(final_dir / "report.json"), "figures": sorted(figs)}
 
 
 def _default(o):

@@ -1,0 +1,76 @@
+"""Output folders that cannot hurt the user's own files, and owner-only folders for private data.
+
+Every command writes into a temporary sibling folder and renames it over ``--out`` only when it succeeds,
+so a failed run leaves no half-written output. Folders secprune writes carry a marker file; ``--overwrite``
+replaces only such folders, never a folder of the user's own files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from secprune.model import UsageError
+
+MARKER = ".secprune"
+
+
+def check_target(out: Path, *, overwrite: bool, flag: str = "--out") -> None:
+    """Refuse a target that is a file, the current folder or a parent of it, or someone else's folder."""
+    resolved = out.expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
+        raise UsageError(f"{flag} {out}: names the current folder, one of its parents or your home; "
+                         "expected a new folder for the output")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag} {out}: is a file; expected a folder (new, or one secprune wrote)")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{flag} {out}: exists and is not empty; pass --overwrite to replace an earlier "
+                             "secprune output, or choose another folder")
+        if not is_ours(out):
+            raise UsageError(f"--overwrite: {out} was not written by secprune (no {MARKER} marker file); "
+                             "refusing to delete it")
+
+
+def is_ours(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
+
+
+def mark(folder: Path, kind: str) -> None:
+    from secprune import __version__
+
+    (folder / MARKER).write_text(json.dumps({"written_by": "secprune", "kind": kind, "version": __version__}) + "\n")
+
+
+def staging(out: Path, *, kind: str, flag: str = "--out") -> Path:
+    """A fresh temporary sibling of ``out`` carrying the marker; rename it with :func:`commit`."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        mark(tmp, kind)
+    except OSError as exc:
+        raise UsageError(f"{flag} {out}: cannot write there ({exc.strerror or exc})") from None
+    return tmp
+
+
+def commit(tmp: Path, out: Path) -> None:
+    """Replace ``out`` (checked by :func:`check_target`) by the finished ``tmp``."""
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def private_dir(folder: Path) -> Path:
+    """Create ``folder`` readable by its owner alone (0700, whatever the umask)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def make_private(path: Path) -> Path:
+    os.chmod(path, 0o600)
+    return path
