@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from secprune.capture import first_layer_inputs, layer_kwargs, run_layer
 from secprune.federated import LocalSpec, federated_prune
-from secprune.methods import wanda_score
+from secprune.methods import Wanda, wanda_score
 from secprune.model import decoder_layers, prunable_linears
+from secprune.replay import Replay
 from secprune.topk import lowest_k_mask, priority
 
 
@@ -77,25 +77,11 @@ class LayerZeroMasks:
     @staticmethod
     @torch.no_grad()
     def _per_window_stats(model, layer, lins, pool, batch_size) -> dict[str, torch.Tensor]:
-        inps = first_layer_inputs(model, pool, batch_size=batch_size)
-        kw = layer_kwargs(model, pool[:1])[0]
-        out = {n: torch.zeros(pool.shape[0], lin.in_features, dtype=torch.float64) for n, lin in lins.items()}
-        current = {"idx": None}
-        handles = []
-        for n, lin in lins.items():
-            def hook(_m, inp, _o, n=n):
-                x = inp[0].detach().to(torch.float64)
-                out[n][current["idx"]] += x.pow(2).sum(dim=tuple(range(1, x.dim() - 1))).cpu()
-            handles.append(lin.register_forward_hook(hook))
-        try:
-            for s in range(0, pool.shape[0], batch_size):
-                idx = torch.arange(s, min(s + batch_size, pool.shape[0]))
-                current["idx"] = idx
-                run_layer(layer, inps[idx], kw)
-        finally:
-            for h in handles:
-                h.remove()
-        return out
+        """Wanda's statistic of layer 0 for every window of the pool: the replay loop with one owner per window."""
+        replay = Replay(model, pool, batch_size=batch_size)
+        replay.start()
+        stats = replay.statistics(Wanda(), owner=torch.arange(pool.shape[0]), n_owners=pool.shape[0])
+        return {n: stats[n].cpu() for n in lins}
 
     def sq_norms(self, members) -> dict[str, torch.Tensor]:
         """Squared input column norms (the Wanda statistic) of a calibration set (indices into the pool)."""
@@ -133,14 +119,9 @@ def full_depth_masks(model, windows: torch.Tensor, sets: list[np.ndarray], *, sp
                      progress: bool = False) -> list[dict[str, torch.Tensor]]:
     """Exact one-shot local masks of every layer for each calibration set (index arrays into ``windows``).
 
-    Wanda / magnitude: the one-shot client loop of ``federated_prune`` (dense statistics of layer l from
-    the set's own pruned layers < l), with the core top-k; tests check it against
-    ``federated_prune``. Other methods: ``federated_prune`` itself, every set being one simulated client
-    (windows shared by several sets are duplicated so that each client owns its copy).
+    One run of the FedPrLLM simulation in which every set is a client (windows shared by several sets are
+    duplicated, so that each client owns its copy); the client masks are the sets' masks.
     """
-    if spec.method.name in ("wanda", "magnitude"):
-        return [_one_set_masks(model, windows[torch.as_tensor(np.asarray(s, dtype=np.int64))], spec)
-                for s in sets]
     rows, parts, start = [], [], 0
     for s in sets:
         s = np.asarray(s, dtype=np.int64)
@@ -150,53 +131,6 @@ def full_depth_masks(model, windows: torch.Tensor, sets: list[np.ndarray], *, sp
     stacked = windows[torch.as_tensor(np.concatenate(rows))]
     res = federated_prune(model, stacked, parts, spec=spec, progress=progress, desc="audit masks")
     return [res.client_masks.party(i) for i in range(len(sets))]
-
-
-@torch.no_grad()
-def _one_set_masks(model, wins: torch.Tensor, spec: LocalSpec) -> dict[str, torch.Tensor]:
-    layers = decoder_layers(model)
-    kwargs = layer_kwargs(model, wins[:1])
-    inps = first_layer_inputs(model, wins, batch_size=spec.batch_size) if spec.method.needs_data else None
-    masks: dict[str, torch.Tensor] = {}
-    for li, layer in enumerate(layers):
-        lins = prunable_linears(layer)
-        sq: dict[str, torch.Tensor] = {}
-        if inps is not None:
-            handles = []
-            for n, lin in lins.items():
-                sq[n] = torch.zeros(1, lin.in_features, dtype=torch.float64)
-
-                def hook(_m, inp, _o, n=n, sq=sq):  # the same float64 accumulation as Wanda.accumulate
-                    x = inp[0].detach().to(torch.float64)
-                    per_window = x.pow(2).sum(dim=tuple(range(1, x.dim() - 1))).cpu()
-                    sq[n].index_add_(0, torch.zeros(per_window.shape[0], dtype=torch.long), per_window)
-                handles.append(lin.register_forward_hook(hook))
-            try:
-                for s in range(0, wins.shape[0], spec.batch_size):
-                    run_layer(layer, inps[s:s + spec.batch_size], kwargs[li])
-            finally:
-                for h in handles:
-                    h.remove()
-        dense = {}
-        for n, lin in lins.items():
-            w = lin.weight.detach()
-            prio = priority(shape=tuple(w.shape), group=spec.local_group, seed=spec.seed, tag=f"local:{li}.{n}")
-            m = _local_mask(spec.method.name, w.cpu(), sq[n][0] if n in sq else None, sparsity=spec.sparsity,
-                            group=spec.local_group, prio=prio)
-            masks[f"layers.{li}.{n}"] = m
-            dense[n] = w.clone()
-        if inps is not None and li + 1 < len(layers):
-            for n, lin in lins.items():
-                lin.weight.data = dense[n].masked_fill(masks[f"layers.{li}.{n}"].to(dense[n].device), 0.0)
-            try:
-                outs = torch.empty_like(inps)
-                for s in range(0, wins.shape[0], spec.batch_size):
-                    outs[s:s + spec.batch_size] = run_layer(layer, inps[s:s + spec.batch_size], kwargs[li])
-            finally:
-                for n, lin in lins.items():
-                    lin.weight.data = dense[n]
-            inps = outs
-    return masks
 
 
 def hamming(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict:

@@ -1,16 +1,9 @@
-"""Layer-by-layer federated pruning (FedPrLLM, Guo et al. 2025, Sec. 3 and Fig. 1).
+"""Layer-by-layer federated pruning (FedPrLLM, Guo et al. 2025, Sec. 3 and Fig. 1), simulated in-process.
 
-All ``m`` clients are simulated over one copy of the model. Per decoder layer:
-
-1. one batched *dense* forward of every client's windows collects each client's statistics
-   (the dense layer is the same for all clients, so this costs what a centralized pass costs);
-2. each client chooses its local mask from its own statistics (step 1);
-3. the next layer's inputs come from the *pruned* layer: one-shot -> each client's own mask
-   (clients never hear from the server until the end); iterative -> the server aggregates this layer
-   (steps 2-4, 6), broadcasts the global mask (step 7) and everyone continues from the global layer.
-
-The dense weights are restored after every layer; the caller applies the final masks for evaluation.
-A centralized run is the special case of one client holding every window.
+The algorithm is :class:`secprune.strategies.fedprllm.FedPrLLM` (client step: local mask; server step:
+vote counts and top-k); :func:`secprune.simulation.simulate` runs every client over one copy of the
+model, one batched forward per layer. A centralized run is the special case of one client holding every
+window. The dense weights are restored after every layer; the caller applies the final masks.
 """
 
 from __future__ import annotations
@@ -20,18 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from secprune.aggregate import final_mask, pruned_weight, scale_factor
-from secprune.capture import first_layer_inputs, layer_kwargs, run_layer
-from secprune.checkpoint import StepCheckpoint, fingerprint, model_id
+from secprune.aggregate import final_mask, pruned_weight
 from secprune.masks import MaskSet
 from secprune.methods import Method
-from secprune.model import all_prunable, decoder_layers, prunable_linears
+from secprune.model import all_prunable
 from secprune.secagg import SecureSum, make_summer
-from secprune.topk import priority
+from secprune.simulation import OneSummer, simulate
+from secprune.strategies.fedprllm import STRATEGIES, FedPrLLM
 
-STRATEGIES = ("one-shot", "iterative")
+__all__ = ["STRATEGIES", "FedResult", "LocalSpec", "apply_masks", "federated_prune", "restore", "server_masks"]
 
 
 @dataclass
@@ -62,148 +53,26 @@ def server_masks(counts: dict[str, torch.Tensor], *, sparsity: float, group: str
             for name, c in counts.items()}
 
 
-def _forward(layer, inps: torch.Tensor, idx: np.ndarray, kw: dict, batch_size: int, out: torch.Tensor) -> None:
-    for s in range(0, len(idx), batch_size):
-        chunk = torch.as_tensor(idx[s:s + batch_size])
-        out[chunk] = run_layer(layer, inps[chunk], kw)
-
-
-def _secure_counts(summer: SecureSum, masks: MaskSet, name: str) -> torch.Tensor:
-    vectors = [masks.flat(i, name) for i in range(masks.n)]
-    total = summer.sum(name, vectors)
-    return torch.from_numpy(total.astype(np.int64)).view(masks.shapes[name])
-
-
-@torch.no_grad()
 def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, spec: LocalSpec,
                     strategy: str = "one-shot", server_group: str = "layer", scaling: bool = False,
                     summer: SecureSum | None = None, checkpoint: Path | None = None,
                     keep_weights: tuple[int, ...] | list[int] = (), desc: str = "prune",
                     progress: bool = True) -> FedResult:
-    """Run FedPrLLM over ``windows`` (n, seqlen) split into client index sets ``parts``.
+    """Run FedPrLLM over ``windows`` (n, seqlen) split into client index sets ``parts``, in-process.
 
     ``keep_weights`` names clients whose own pruned weights are returned in ``FedResult.weights`` (CPU):
     with SparseGPT's OBS update they differ from the masked dense weights, and a client-alone baseline
     (centralized, local-only) must be evaluated with them.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"--strategy: expected one of {STRATEGIES}, got {strategy!r}")
     m = len(parts)
     summer = summer or make_summer("none", n_clients=m)
-    device = next(model.parameters()).device
-    owner = torch.empty(windows.shape[0], dtype=torch.long)
-    for i, idx in enumerate(parts):
-        owner[torch.as_tensor(idx)] = i
-    used = np.sort(np.concatenate(parts))
-    if len(used) != windows.shape[0] or np.any(np.diff(used) == 0):
-        raise ValueError("client partitions must cover every window exactly once")
-
-    layers = decoder_layers(model)
-    ckpt = StepCheckpoint(checkpoint, fingerprint(windows, parts, algorithm="fedprllm", model=model_id(model),
-                                                  method=spec.method.name, sparsity=spec.sparsity,
-                                                  local_group=spec.local_group, seed=spec.seed, strategy=strategy,
-                                                  server_group=server_group, scaling=scaling))
-    client_masks = MaskSet(m)
-    counts: dict[str, torch.Tensor] = {}
-    final: dict[str, torch.Tensor] = {}
-    kept: dict[int, dict[str, torch.Tensor]] = {i: {} for i in keep_weights}
-    resumed = ckpt.load()
-    if resumed is not None:
-        start, inps = resumed.step, resumed.inps.to(device)
-        for st in resumed.steps:
-            client_masks.packed.update(st["packed"])
-            client_masks.shapes.update(st["shapes"])
-            counts.update(st["counts"])
-            final.update(st["final"])
-            for i, ws in st.get("weights", {}).items():
-                kept.setdefault(i, {}).update(ws)
-        if "secagg" in resumed.extra:  # iterative: the sums already run were sent; keep counting their bytes
-            summer.restore_accounting(resumed.extra["secagg"])
-    else:
-        start = 0
-        inps = first_layer_inputs(model, windows, batch_size=spec.batch_size)
-    kwargs = layer_kwargs(model, windows[:1])
-    all_idx = np.arange(windows.shape[0])
-
-    bar = tqdm(range(start, len(layers)), desc=desc, disable=not progress, initial=start, total=len(layers))
-    for li in bar:
-        layer, kw = layers[li], kwargs[li]
-        lins = prunable_linears(layer)
-        dense = {n: lin.weight.detach().clone() for n, lin in lins.items()}
-
-        # 1. statistics from the dense layer, all clients in one batched pass
-        stats: dict[str, torch.Tensor | None] = {}
-        if spec.method.needs_data:
-            current = {"owner": None}
-            handles = []
-            for n, lin in lins.items():
-                stats[n] = spec.method.new_stats(n_clients=m, in_features=lin.in_features, device=device)
-
-                def hook(_mod, inp, _out, acc=stats[n], cur=current):
-                    spec.method.accumulate(acc, inp[0].detach(), cur["owner"])
-                handles.append(lin.register_forward_hook(hook))
-            try:
-                for s in range(0, windows.shape[0], spec.batch_size):
-                    chunk = torch.arange(s, min(s + spec.batch_size, windows.shape[0]))
-                    current["owner"] = owner[chunk]
-                    run_layer(layer, inps[chunk], kw)
-            finally:
-                for h in handles:
-                    h.remove()
-
-        # 2. local masks (client side)
-        local_weights: dict[tuple[int, str], torch.Tensor] = {}
-        for n in lins:
-            prio = priority(shape=tuple(dense[n].shape), group=spec.local_group, seed=spec.seed,
-                            tag=f"local:{li}.{n}")
-            for i in range(m):
-                st = stats[n][i] if stats.get(n) is not None else None
-                res = spec.method.prune(dense[n], st, sparsity=spec.sparsity, group=spec.local_group, prio=prio)
-                client_masks.put(f"layers.{li}.{n}", i, res.mask)
-                if res.weight is not None:
-                    local_weights[(i, n)] = res.weight.to(dense[n].dtype)
-                    if i in kept:
-                        kept[i][f"layers.{li}.{n}"] = local_weights[(i, n)].to("cpu", copy=True)
-
-        # 3. inputs of the next layer
-        outs = torch.empty_like(inps)
-        if strategy == "iterative":
-            for n, lin in lins.items():
-                full = f"layers.{li}.{n}"
-                counts[full] = _secure_counts(summer, client_masks, full)
-                final[full] = final_mask(counts[full], sparsity=spec.sparsity, group=server_group,
-                                         seed=spec.seed, name=full)
-                scale = scale_factor(counts[full], m) if scaling else None
-                lin.weight.data = pruned_weight(dense[n], final[full], scale)
-            _forward(layer, inps, all_idx, kw, spec.batch_size, outs)
-        else:
-            same = all(np.array_equal(client_masks.packed[f"layers.{li}.{n}"][i],
-                                      client_masks.packed[f"layers.{li}.{n}"][0])
-                       for n in lins for i in range(1, m)) and not local_weights
-            groups = [(0, all_idx)] if same else list(enumerate(parts))
-            for i, idx in groups:
-                for n, lin in lins.items():
-                    w = local_weights.get((i, n))
-                    lin.weight.data = w if w is not None else pruned_weight(
-                        dense[n], client_masks.get(i, f"layers.{li}.{n}").to(device))
-                _forward(layer, inps, idx, kw, spec.batch_size, outs)
-        for n, lin in lins.items():
-            lin.weight.data = dense[n]
-        inps = outs
-        names = [f"layers.{li}.{n}" for n in lins]
-        ckpt.save(li, inps, {"packed": {n: client_masks.packed[n] for n in names},
-                             "shapes": {n: client_masks.shapes[n] for n in names},
-                             "counts": {n: counts[n] for n in names if n in counts},
-                             "final": {n: final[n] for n in names if n in final},
-                             "weights": {i: {n: ws[n] for n in names if n in ws} for i, ws in kept.items()}},
-                  extra=lambda: {"secagg": summer.accounting()})
-
-    if strategy == "one-shot":  # steps 2-4 happen once, after every layer's local mask exists
-        for name in client_masks.names():
-            counts[name] = _secure_counts(summer, client_masks, name)
-        final = server_masks(counts, sparsity=spec.sparsity, group=server_group, seed=spec.seed)
-    return FedResult(client_masks, counts, final, m, strategy, server_group, scaling, summer.stats(),
-                     {i: ws for i, ws in kept.items() if ws})
+    strat = FedPrLLM(method=spec.method, n_clients=m, sparsity=spec.sparsity, local_group=spec.local_group,
+                     server_group=server_group, strategy=strategy, scaling=scaling, seed=spec.seed)
+    sim = simulate(model, windows, parts, strat, summers=OneSummer(summer), batch_size=spec.batch_size,
+                   checkpoint=checkpoint, keep=keep_weights, record_masks=True, desc=desc, progress=progress,
+                   fingerprint_extra={"secure": summer.name})
+    return FedResult(sim.client_masks, strat.counts, strat.final, m, strategy, server_group, scaling, summer.stats(),
+                     sim.kept)
 
 
 def apply_masks(model, masks: dict[str, torch.Tensor], *, scales: dict[str, torch.Tensor] | None = None

@@ -233,8 +233,8 @@ def test_failed_run_leaves_no_output_and_resumes(tiny_folder, client_files, tmp_
 
 
 def test_fedspallm_run_resumes_without_repruning(tiny_folder, client_files, tmp_path, monkeypatch):
-    import secprune.fedspallm.driver as driver_mod
     import secprune.fedspallm.run as fs_run
+    import secprune.replay as replay_mod
 
     out = tmp_path / "run"
     args = ["--algorithm", "fedspallm", "--baselines"]
@@ -247,7 +247,8 @@ def test_fedspallm_run_resumes_without_repruning(tiny_folder, client_files, tmp_
     assert not out.exists()
     assert (tmp_path / "run.partial" / "fedspallm" / "state.pt").exists()
     monkeypatch.undo()
-    monkeypatch.setattr(driver_mod, "first_layer_inputs", boom)  # any re-pruning would call this first
+    monkeypatch.setattr(replay_mod, "first_layer_inputs", boom)  # any re-pruning would call these first
+    monkeypatch.setattr(replay_mod, "layer_kwargs", boom)
     assert prune(tiny_folder, client_files, out, *args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["schema"] == SCHEMA and summary["algorithm"] == "fedspallm"

@@ -1,5 +1,6 @@
 """The wheel installs one top-level package, `secprune`, with attacks/audits/experiments inside it."""
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -10,7 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_has_only_the_secprune_namespace(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q",
+    src = tmp_path / "src"  # build from a copy: setuptools writes build/ next to the sources
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "runs", "build", "__pycache__", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("secprune-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

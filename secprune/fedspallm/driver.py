@@ -1,5 +1,9 @@
 """FedSpaLLM rounds over a simulated federation (Bai et al., NAACL 2025, Algorithm 1).
 
+The algorithm itself is :class:`secprune.strategies.fedspallm.FedSpaLLM` (client step and server step);
+this module runs it in-process with :func:`secprune.simulation.simulate` and keeps the public entry
+point, its spec and its result type.
+
 All ``N`` clients are simulated over one copy of the model, decoder layer by decoder layer, as in
 :mod:`secprune.federated`. One round ``t``:
 
@@ -30,17 +34,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from secprune.capture import first_layer_inputs, layer_kwargs, run_layer
-from secprune.checkpoint import StepCheckpoint, fingerprint, model_id
-from secprune.fedspallm.aggregate import DEFAULT_CLIP_FACTOR, FixedPoint, aggregate_matrix
-from secprune.fedspallm.comm import CommLog
+from secprune.fedspallm.aggregate import DEFAULT_CLIP_FACTOR
 from secprune.fedspallm.sampling import schedule as make_schedule
 from secprune.methods import Method, SparseGPT
 from secprune.model import decoder_layers, prunable_linears
 from secprune.secagg import SecureSum, make_summer
-from secprune.topk import priority
+from secprune.simulation import PlainSums, simulate
+from secprune.strategies.base import Kind
+from secprune.strategies.fedspallm import FedSpaLLM
 
 
 @dataclass
@@ -82,19 +84,19 @@ class _Summers:
         self.backend, self.bits, self.seed, self.options = backend, bits, seed, options
         self.cache: dict[tuple[int, str], SecureSum] = {}
 
-    def get(self, n: int, kind: str) -> SecureSum:
-        if (n, kind) not in self.cache:
-            max_value = 1 if kind == "mask" else 2 ** (self.bits + 1)
-            self.cache[(n, kind)] = make_summer(self.backend, n_clients=n, max_value=max_value,
-                                                seed=self.seed + (0 if kind == "mask" else 1), **self.options)
-        return self.cache[(n, kind)]
+    def get(self, n: int, kind: Kind) -> SecureSum:
+        key = (n, kind.name)
+        if key not in self.cache:
+            self.cache[key] = make_summer(self.backend, n_clients=n, max_value=kind.max_value,
+                                          seed=self.seed + (0 if kind.name == "mask" else 1), **self.options)
+        return self.cache[key]
 
     def accounting(self) -> dict[tuple[int, str], dict]:
         return {key: s.accounting() for key, s in self.cache.items()}
 
     def restore_accounting(self, state: dict[tuple[int, str], dict]) -> None:
         for (n, kind), st in state.items():  # a resumed run goes on counting the bytes sent before the crash
-            self.get(n, kind).restore_accounting(st)
+            self.get(n, Kind(kind, 1 if kind == "mask" else 2 ** (self.bits + 1))).restore_accounting(st)
 
     def stats(self) -> dict:
         out = []
@@ -105,11 +107,6 @@ class _Summers:
                 "total_bytes": int(sum(s["total_bytes"] for s in out))}
 
 
-def _sent(summer: SecureSum) -> dict[str, int]:
-    return dict(summer.log.sent)
-
-
-@torch.no_grad()
 def fedspallm_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, spec: FedSpaSpec,
                     secure: str | None = None, secagg_options: dict | None = None,
                     keep_clients: tuple[int, ...] | list[int] = (), desc: str = "fedspallm",
@@ -123,173 +120,37 @@ def fedspallm_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
     With ``checkpoint`` (a folder) every (round, layer) step is saved there, and a rerun with the same data
     and configuration resumes after the last saved step. ``on_layer(t, l)`` is called after each step.
     """
-    method = spec.local_method()
     n_clients = len(parts)
-    device = next(model.parameters()).device
-    owner = torch.full((windows.shape[0],), -1, dtype=torch.long)
-    for i, idx in enumerate(parts):
-        owner[torch.as_tensor(idx, dtype=torch.long)] = i
-    if (owner < 0).any() or sum(len(p) for p in parts) != windows.shape[0]:
-        raise ValueError("client partitions must cover every window exactly once")
     layers = decoder_layers(model)
     n_layers = len(layers)
+    strat = FedSpaLLM(method=spec.local_method(), n_clients=n_clients, sparsity=spec.sparsity, rounds=spec.rounds,
+                      expansion=spec.expansion, layer_sampling=spec.layer_sampling, resources=spec.resources,
+                      local_group=spec.local_group, seed=spec.seed, clip_factor=spec.clip_factor,
+                      fixed_point_bits=spec.fixed_point_bits if secure is not None else None,
+                      value_bytes=spec.value_bytes)
+    strat.comm.model_entries = sum(lin.weight.numel() for layer in layers for lin in prunable_linears(layer).values())
     plan = make_schedule(resources=spec.resources, n_clients=n_clients, n_layers=n_layers, rounds=spec.rounds,
                          seed=spec.seed, sampling=spec.layer_sampling)
+    keep = [i for i in keep_clients if all(li in plan[0][i] for li in range(n_layers))]  # whole model in round 1
     summers = _Summers(secure, bits=spec.fixed_point_bits, seed=spec.seed, options=secagg_options or {}) \
-        if secure is not None else None
-    kwargs = layer_kwargs(model, windows[:1])
-    comm = CommLog(n_clients=n_clients, value_bytes=spec.value_bytes)
-    comm.model_entries = sum(lin.weight.numel() for layer in layers for lin in prunable_linears(layer).values())
-
-    keep = [i for i in keep_clients if all(li in plan[0][i] for li in range(n_layers))]
-    ckpt = StepCheckpoint(checkpoint, fingerprint(
-        windows, parts, algorithm="fedspallm", model=model_id(model), secure=secure, secagg=secagg_options,
-        keep=keep, method=[method.name, getattr(method, "update", None)],
-        spec={k: v for k, v in vars(spec).items() if k != "method"}))
-
-    global_w: dict[str, torch.Tensor] = {}  # aggregated matrices (absent = still dense)
-    masks: dict[str, torch.Tensor] = {}
-    counts: dict[str, torch.Tensor] = {}
-    participants: dict[str, int] = {}
-    standalone: dict[int, dict[str, torch.Tensor]] = {i: {} for i in keep}
-    summaries: list[list[dict]] = [[] for _ in range(spec.rounds)]  # per round: one dict per aggregated matrix
-
-    def absorb(step: dict) -> None:  # one (round, layer) step's results into the run state
-        global_w.update({k: v.to(device) for k, v in step["global"].items()})
-        masks.update(step["masks"])
-        counts.update(step["counts"])
-        participants.update(step["participants"])
-        for i, ws in step["standalone"].items():
-            standalone[i].update(ws)
-        summaries[step["round"]].extend(step["summaries"])
-
-    start, inps = 0, None
-    resumed = ckpt.load()
-    if resumed is not None:
-        start = resumed.step
-        for st in resumed.steps:
-            absorb(st)
-        comm.load_state(resumed.extra["comm"])
-        if summers is not None:
-            summers.restore_accounting(resumed.extra["secagg"])
-        if start % n_layers:
-            inps = resumed.inps.to(device)
-
-    for t in range(start // n_layers, spec.rounds):
-        sched = plan[t]
-        first = start % n_layers if t == start // n_layers else 0
-        if first == 0:
-            inps = first_layer_inputs(model, windows, batch_size=spec.batch_size)
-        bar = tqdm(range(first, n_layers), desc=f"{desc} round {t + 1}/{spec.rounds}", disable=not progress,
-                   initial=first, total=n_layers)
-        for li in bar:
-            layer, kw = layers[li], kwargs[li]
-            lins = prunable_linears(layer)
-            dense = {n: lin.weight.data for n, lin in lins.items()}
-            received = {n: global_w.get(f"layers.{li}.{n}", dense[n]) for n in lins}
-            clients = [i for i in range(n_clients) if li in sched[i]]
-            slot = {i: s for s, i in enumerate(clients)}
-
-            # Algorithm 1 line 6: the sampled layer goes to its clients
-            for i in clients:
-                for n in lins:
-                    full = f"layers.{li}.{n}"
-                    comm.download(round=t, client=i, numel=dense[n].numel(),
-                                  kept=None if full not in masks else int((~masks[full]).sum()))
-
-            # line 9-11: Hessians from the received layer, every sampled client's windows in one batched pass
-            outs = torch.empty_like(inps)
-            results: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in lins}
-            if clients:
-                for n, lin in lins.items():
-                    lin.weight.data = received[n]
-                idx_part = np.sort(np.concatenate([parts[i] for i in clients]))
-                stats: dict[str, torch.Tensor | None] = {}
-                if method.needs_data:
-                    stats = _collect_stats(method, layer, lins, inps, kw, idx_part=idx_part,
-                                           owner_slot=torch.tensor([slot.get(int(o), -1) for o in owner]),
-                                           n_slots=len(clients), batch_size=spec.batch_size, device=device)
-                # line 11-12: each sampled client prunes with SparseGPT (+ OBS update)
-                for n in lins:
-                    prio = priority(shape=tuple(dense[n].shape), group=spec.local_group, seed=spec.seed,
-                                    tag=f"local:{li}.{n}")
-                    for i in clients:
-                        st = stats[n][slot[i]] if stats.get(n) is not None else None
-                        res = method.prune(received[n], st, sparsity=spec.sparsity, group=spec.local_group,
-                                           prio=prio)
-                        w = res.weight if res.weight is not None else received[n].masked_fill(res.mask, 0.0)
-                        w = w.to(dense[n].dtype).masked_fill(res.mask.to(w.device), 0.0)
-                        results[n].append((w, res.mask.to(w.device)))
-                # Eq. 9: next-layer inputs from each sampled client's own pruned layer
-                for i in clients:
-                    for n, lin in lins.items():
-                        lin.weight.data = results[n][slot[i]][0]
-                    _forward(layer, inps, parts[i], kw, spec.batch_size, outs)
-            others = [i for i in range(n_clients) if i not in slot]
-            if others:  # Eq. 9: unsampled layers stay dense at the client
-                for n, lin in lins.items():
-                    lin.weight.data = dense[n]
-                _forward(layer, inps, np.sort(np.concatenate([parts[i] for i in others])), kw,
-                         spec.batch_size, outs)
-            for n, lin in lins.items():
-                lin.weight.data = dense[n]
-
-            # line 13: uploads; lines 15-18: server aggregation of this layer
-            step: dict = {"round": t, "global": {}, "masks": {}, "counts": {}, "participants": {},
-                          "standalone": {i: {} for i in keep}, "summaries": []}
-            for n in lins:
-                full = f"layers.{li}.{n}"
-                if not clients:
-                    continue
-                ws = [w for w, _ in results[n]]
-                ms = [m for _, m in results[n]]
-                for i, m in zip(clients, ms, strict=True):
-                    comm.upload(round=t, client=i, numel=m.numel(), kept=int((~m).sum()))
-                    if t == 0 and i in standalone:
-                        step["standalone"][i][full] = ws[slot[i]].to("cpu").clone()
-                code, wsum, msum, before = None, None, None, {}
-                if summers is not None:
-                    bound = spec.clip_factor * float(received[n].abs().max())
-                    code = FixedPoint(bits=spec.fixed_point_bits, bound=bound if bound > 0 else 1.0)
-                    wsum, msum = summers.get(len(clients), "weight"), summers.get(len(clients), "mask")
-                    before = {"w": _sent(wsum), "m": _sent(msum)}
-                agg = aggregate_matrix(weights=ws, pruned=ms, sparsity=spec.sparsity, expansion=spec.expansion,
-                                       seed=spec.seed, name=full, code=code, weight_summer=wsum, mask_summer=msum)
-                if summers is not None:
-                    for key, s in (("w", wsum), ("m", msum)):
-                        after = _sent(s)
-                        for k, i in enumerate(clients):
-                            party = f"client{k}"
-                            comm.secure_upload(round=t, client=i,
-                                               nbytes=after.get(party, 0) - before[key].get(party, 0))
-                step["global"][full] = agg.weight.to(dense[n].dtype)  # stays on the device: absorb() uses it
-                step["masks"][full] = agg.mask.cpu()
-                # C_j <= N: int16 instead of int64 makes the counts 4x smaller in memory and checkpoints
-                step["counts"][full] = agg.counts.to(torch.int16 if len(clients) < 2**15 else torch.int32).cpu()
-                step["participants"][full] = len(clients)
-                step["summaries"].append({"numel": agg.mask.numel(), "pruned": int(agg.mask.sum()),
-                                          "intersection_sparsity": agg.intersection_sparsity, "k": agg.k,
-                                          "max_abs_error": agg.max_abs_error, "clipped": agg.clipped})
-            absorb(step)
-            inps = outs
-            del results
-            ckpt.save(t * n_layers + li, inps, step,
-                      extra=lambda: {"comm": comm.state(), "secagg": summers.accounting() if summers else {}})
-            if on_layer is not None:
-                on_layer(t, li)
-
-    round_logs = [_round_log(t, plan[t], summaries[t], n_layers=n_layers, expansion=spec.expansion)
+        if secure is not None else PlainSums()
+    sim = simulate(model, windows, parts, strat, summers=summers, batch_size=spec.batch_size, checkpoint=checkpoint,
+                   keep=keep, desc=desc, progress=progress,
+                   on_step=None if on_layer is None else (lambda task: on_layer(task.round, task.layer)),
+                   fingerprint_extra={"secure": secure, "secagg": secagg_options})
+    round_logs = [_round_log(t, strat.plan[t], strat.summaries[t], n_layers=n_layers, expansion=spec.expansion)
                   for t in range(spec.rounds)]
-    for mask in masks.values():
-        comm.final_download(numel=mask.numel(), kept=int((~mask).sum()))
-    secagg = summers.stats() if summers is not None else {"backend": None}
-    if summers is not None:
+    for mask in strat.masks.values():
+        strat.comm.final_download(numel=mask.numel(), kept=int((~mask).sum()))
+    secagg = summers.stats() if secure is not None else {"backend": None}
+    if secure is not None:
         secagg["max_abs_error"] = max(r["fixed_point_max_abs_error"] for r in round_logs)
         secagg["clipped_entries"] = sum(r["fixed_point_clipped"] for r in round_logs)
         secagg["clip_factor"] = spec.clip_factor
         secagg["error_bound_note"] = "per entry <= bound / 2^(bits+1), bound = clip_factor * max|W| per matrix"
-    return FedSpaResult({k: v.to("cpu") for k, v in global_w.items()}, masks, counts, participants, plan,
-                        standalone, comm.summary(), secagg, round_logs)
+    return FedSpaResult({k: v.to("cpu") for k, v in strat.global_w.items()}, strat.masks, strat.counts,
+                        strat.participants, strat.plan, {i: sim.kept.get(i, {}) for i in keep},
+                        strat.comm.summary(), secagg, round_logs)
 
 
 def _round_log(t: int, sched: list[list[int]], summ: list[dict], *, n_layers: int, expansion: bool) -> dict:
@@ -305,49 +166,6 @@ def _round_log(t: int, sched: list[list[int]], summ: list[dict], *, n_layers: in
         "fixed_point_max_abs_error": max((a["max_abs_error"] for a in summ), default=0.0),
         "fixed_point_clipped": int(sum(a["clipped"] for a in summ)),
     }
-
-
-def _collect_stats(method: Method, layer, lins: dict, inps: torch.Tensor, kw: dict, *, idx_part: np.ndarray,
-                   owner_slot: torch.Tensor, n_slots: int, batch_size: int, device) -> dict[str, torch.Tensor]:
-    """One batched forward of the windows ``idx_part``; each window's statistics go to its owner's slot.
-
-    Linears that receive the very same input tensor (q/k/v, gate/up) share one statistics tensor: it is
-    accumulated once (the values are identical, so this only saves time).
-    """
-    stats = {n: method.new_stats(n_clients=n_slots, in_features=lin.in_features, device=device)
-             for n, lin in lins.items()}
-    alias: dict[str, str] = {}
-    seen: list[tuple[torch.Tensor, str]] = []  # inputs of the current chunk (kept alive: identity is safe)
-    current: dict[str, torch.Tensor | None] = {"owner": None}
-    handles = []
-    for n, lin in lins.items():
-        def hook(_mod, inp, _out, n=n):
-            x = inp[0]
-            for t, other in seen:
-                if t is x:
-                    alias[n] = other
-                    return
-            seen.append((x, n))
-            method.accumulate(stats[n], x.detach(), current["owner"])
-        handles.append(lin.register_forward_hook(hook))
-    try:
-        for s in range(0, len(idx_part), batch_size):
-            chunk = torch.as_tensor(idx_part[s:s + batch_size])
-            current["owner"] = owner_slot[chunk]
-            run_layer(layer, inps[chunk], kw)
-            seen.clear()
-    finally:
-        for h in handles:
-            h.remove()
-    for n, other in alias.items():
-        stats[n] = stats[other]
-    return stats
-
-
-def _forward(layer, inps: torch.Tensor, idx: np.ndarray, kw: dict, batch_size: int, out: torch.Tensor) -> None:
-    for s in range(0, len(idx), batch_size):
-        chunk = torch.as_tensor(idx[s:s + batch_size])
-        out[chunk] = run_layer(layer, inps[chunk], kw)
 
 
 def apply_weights(model, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,148 @@
+"""The one layer-replay loop: calibration windows flow through the decoder stack one layer at a time.
+
+Every pruning driver, audit and client process uses it (FedPrLLM and FedSpaLLM simulations, the Flower
+client, the audits' layer-0 statistics). Each window has an *owner*: the simulated client it belongs to
+(or, for per-window statistics, the window itself). Per layer:
+
+* :meth:`Replay.statistics`: one batched forward of the windows through the layer (dense, or with the
+  weights the server sent), the method's statistics of every linear accumulated per owner (Wanda's
+  squared input norms, SparseGPT's Hessian X^T X). Linears that receive the very same input tensor
+  (q/k/v, gate/up) share one accumulation;
+* :meth:`Replay.advance`: the next layer's inputs, each group of windows through the layer with the
+  weights its owner continues with (its own pruned layer, the global one, or the dense one).
+
+Layer 0's inputs come from one embedding pass (:func:`secprune.capture.first_layer_inputs`); the keyword
+arguments every layer receives are recorded once (:func:`secprune.capture.layer_kwargs`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from secprune.capture import first_layer_inputs, layer_kwargs, run_layer
+from secprune.methods import Method
+from secprune.model import decoder_layers, prunable_linears
+
+
+def owners_of(parts: Sequence[np.ndarray], n_windows: int) -> torch.Tensor:
+    """owner[w] = the client holding window w; every window must belong to exactly one client."""
+    owner = torch.full((n_windows,), -1, dtype=torch.long)
+    for i, idx in enumerate(parts):
+        owner[torch.as_tensor(np.asarray(idx), dtype=torch.long)] = i
+    if (owner < 0).any() or sum(len(p) for p in parts) != n_windows:
+        raise ValueError("client partitions must cover every window exactly once")
+    return owner
+
+
+class Replay:
+    """Windows at the input of one decoder layer; ``layer`` says which."""
+
+    def __init__(self, model: nn.Module, windows: torch.Tensor, *, batch_size: int = 8) -> None:
+        self.model = model
+        self.windows = windows
+        self.batch_size = batch_size
+        self.layers = decoder_layers(model)
+        self._kwargs: list[dict] | None = None
+        self.inps: torch.Tensor | None = None
+        self.layer = 0
+
+    @property
+    def kwargs(self) -> list[dict]:
+        """Keyword arguments of every layer, recorded on first use (a resumed, finished run needs none)."""
+        if self._kwargs is None:
+            self._kwargs = layer_kwargs(self.model, self.windows[:1])
+        return self._kwargs
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def start(self) -> None:
+        """Inputs of layer 0 (the embeddings of every window)."""
+        self.inps = first_layer_inputs(self.model, self.windows, batch_size=self.batch_size)
+        self.layer = 0
+
+    def resume(self, layer: int, inps: torch.Tensor) -> None:
+        self.inps, self.layer = inps.to(self.device), layer
+
+    def linears(self, layer: int | None = None) -> dict[str, nn.Linear]:
+        return prunable_linears(self.layers[self.layer if layer is None else layer])
+
+    @contextmanager
+    def weights(self, weights: dict[str, torch.Tensor] | None) -> Iterator[None]:
+        """The current layer's linears carry ``weights`` (by name inside the layer) for the block."""
+        lins = self.linears()
+        saved = {n: lin.weight.data for n, lin in lins.items()}
+        try:
+            for n, w in (weights or {}).items():
+                lins[n].weight.data = w.to(saved[n].device, saved[n].dtype)
+            yield
+        finally:
+            for n, lin in lins.items():
+                lin.weight.data = saved[n]
+
+    def _forward(self, idx: np.ndarray | torch.Tensor, out: torch.Tensor | None = None) -> None:
+        layer, kw = self.layers[self.layer], self.kwargs[self.layer]
+        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        for s in range(0, len(idx), self.batch_size):
+            chunk = idx[s:s + self.batch_size]
+            y = run_layer(layer, self.inps[chunk], kw)
+            if out is not None:
+                out[chunk] = y
+
+    @torch.no_grad()
+    def statistics(self, method: Method, *, owner: torch.Tensor, n_owners: int,
+                   weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor | None]:
+        """Per-owner statistics of every linear of the current layer (windows with owner < 0 are skipped)."""
+        lins = self.linears()
+        if not method.needs_data or n_owners == 0:
+            return {n: None for n in lins}
+        stats = {n: method.new_stats(n_clients=n_owners, in_features=lin.in_features, device=self.device)
+                 for n, lin in lins.items()}
+        alias: dict[str, str] = {}
+        seen: list[tuple[torch.Tensor, str]] = []  # inputs of the current chunk, kept alive (identity is safe)
+        current: dict[str, torch.Tensor | None] = {"owner": None}
+
+        def hook_for(n: str):
+            def hook(_mod, inp, _out):
+                x = inp[0]
+                for t, other in seen:
+                    if t is x:
+                        alias[n] = other
+                        return
+                seen.append((x, n))
+                method.accumulate(stats[n], x.detach(), current["owner"])
+            return hook
+
+        idx = torch.nonzero(owner >= 0).flatten()
+        layer, kw = self.layers[self.layer], self.kwargs[self.layer]
+        handles = [lin.register_forward_hook(hook_for(n)) for n, lin in lins.items()]
+        try:
+            with self.weights(weights):
+                for s in range(0, len(idx), self.batch_size):
+                    chunk = idx[s:s + self.batch_size]
+                    current["owner"] = owner[chunk]
+                    run_layer(layer, self.inps[chunk], kw)
+                    seen.clear()
+        finally:
+            for h in handles:
+                h.remove()
+        for n, other in alias.items():
+            stats[n] = stats[other]
+        return stats
+
+    @torch.no_grad()
+    def advance(self, groups: Sequence[tuple[np.ndarray, dict[str, torch.Tensor] | None]]) -> None:
+        """Move to the next layer: the windows ``idx`` of each group go through the current layer with its
+        weights (``None`` = the layer as it is); together the groups must cover every window."""
+        outs = torch.empty_like(self.inps)
+        for idx, weights in groups:
+            with self.weights(weights):
+                self._forward(idx, outs)
+        self.inps = outs
+        self.layer += 1

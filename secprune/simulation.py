@@ -1,0 +1,199 @@
+"""In-process driver: every client of a strategy simulated over one copy of the model.
+
+Per task (decoder layer): one batched forward of the participants' windows collects every client's
+statistics at once (the layer is the same for all of them, so this costs what one centralized pass
+costs); each client's :meth:`~secprune.strategies.base.Strategy.client_step` runs on its own slice;
+the submitted vectors go through the secure summers (or plaintext sums); the server step sees only the
+sums; then the windows move on, grouped by the weights their owners continue with. Every step can be
+checkpointed, so an interrupted run resumes where it stopped. The Flower driver (:mod:`secprune.flower`)
+runs the same strategies with each client in its own process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from secprune.checkpoint import StepCheckpoint, fingerprint, model_id
+from secprune.masks import MaskSet
+from secprune.replay import Replay, owners_of
+from secprune.secagg import SecureSum
+from secprune.strategies.base import ClientUpdate, Kind, Strategy, Task
+
+
+class Summers(Protocol):
+    """Where a sum over ``n`` participants of one kind of vector goes (None: a plaintext sum)."""
+
+    def get(self, n: int, kind: Kind) -> SecureSum | None: ...
+    def accounting(self) -> dict: ...
+    def restore_accounting(self, state: dict) -> None: ...
+
+
+class OneSummer:
+    """Every sum through one summer built for all clients (FedPrLLM: every client takes part in every task)."""
+
+    def __init__(self, summer: SecureSum) -> None:
+        self.summer = summer
+
+    def get(self, n: int, kind: Kind) -> SecureSum:
+        return self.summer
+
+    def accounting(self) -> dict:
+        return self.summer.accounting()
+
+    def restore_accounting(self, state: dict) -> None:
+        self.summer.restore_accounting(state)
+
+
+class PlainSums:
+    """No summer: plaintext sums (float vectors need these)."""
+
+    def get(self, n: int, kind: Kind) -> None:
+        return None
+
+    def accounting(self) -> dict:
+        return {}
+
+    def restore_accounting(self, state: dict) -> None:
+        return None
+
+
+@dataclass
+class Simulated:
+    strategy: Strategy
+    client_masks: MaskSet | None  # every client's local masks (``record_masks``)
+    kept: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # round-0 own weights of ``keep``
+
+
+def _plain_sum(vectors: list, kind: Kind) -> torch.Tensor:
+    if kind.is_float:
+        return torch.stack([torch.as_tensor(v) for v in vectors]).sum(0)
+    return torch.stack([torch.from_numpy(np.asarray(v).astype(np.int64)) for v in vectors]).sum(0)
+
+
+def secure_sums(task: Task, kinds: list[Kind], updates: dict[int, ClientUpdate], shapes: dict[str, torch.Size],
+                summers: Summers) -> tuple[dict[str, dict], dict[int, int] | None]:
+    """Every (matrix, kind) sum of one task, and the bytes each participant sent doing it (None: no summer)."""
+    sums: dict[str, dict] = {}
+    sent: dict[int, int] | None = None
+    for n, shape in shapes.items():
+        full = f"layers.{task.layer}.{n}"
+        sums[n] = {}
+        for kind in kinds:
+            vectors = [updates[i].vectors[n][kind.name] for i in task.clients]
+            summer = summers.get(len(task.clients), kind)
+            if summer is None:
+                total = _plain_sum(vectors, kind)
+            else:
+                before = dict(summer.log.sent)
+                total = summer.sum(full if len(kinds) == 1 else f"{full}/{kind.name}", vectors)
+                sent = sent if sent is not None else dict.fromkeys(task.clients, 0)
+                for k, i in enumerate(task.clients):
+                    party = f"client{k}"
+                    sent[i] += summer.log.sent.get(party, 0) - before.get(party, 0)
+            sums[n][kind.name] = total.reshape(shape)
+    return sums, sent
+
+
+def _groups(parts: Sequence[np.ndarray], weights: list[dict | None]) -> list[tuple[np.ndarray, dict | None]]:
+    """Clients that continue with the same weights (same object, or dense) move on in one batch."""
+    by_key: dict[int | None, list[int]] = {}
+    for i, w in enumerate(weights):
+        by_key.setdefault(None if w is None else id(w), []).append(i)
+    out = []
+    for clients in by_key.values():
+        idx = parts[clients[0]] if len(clients) == 1 else np.sort(np.concatenate([parts[i] for i in clients]))
+        out.append((np.asarray(idx), weights[clients[0]]))
+    return out
+
+
+@torch.no_grad()
+def simulate(model, windows: torch.Tensor, parts: Sequence[np.ndarray], strategy: Strategy, *,
+             summers: Summers, batch_size: int = 8, checkpoint: Path | None = None,
+             keep: Sequence[int] = (), record_masks: bool = False, desc: str = "prune", progress: bool = True,
+             on_step: Callable[[Task], None] | None = None, fingerprint_extra: dict | None = None) -> Simulated:
+    """Run ``strategy`` over ``windows`` (n, seqlen) split into client index sets ``parts``."""
+    parts = [np.asarray(p) for p in parts]
+    m = len(parts)
+    owner = owners_of(parts, windows.shape[0])
+    replay = Replay(model, windows, batch_size=batch_size)
+    tasks = strategy.tasks(n_layers=len(replay.layers))
+    ckpt = StepCheckpoint(checkpoint, fingerprint(windows, parts, model=model_id(model), keep=list(keep),
+                                                  record_masks=record_masks, **strategy.fingerprint(),
+                                                  **(fingerprint_extra or {})))
+    client_masks = MaskSet(m) if record_masks else None
+    kept: dict[int, dict[str, torch.Tensor]] = {i: {} for i in keep}
+
+    def absorb(st: dict) -> None:
+        strategy.load_step(st["server"])
+        if client_masks is not None:
+            client_masks.packed.update(st["packed"])
+            client_masks.shapes.update(st["shapes"])
+        for i, ws in st["kept"].items():
+            kept[i].update(ws)
+
+    start = 0
+    resumed = ckpt.load()
+    if resumed is not None:
+        start = resumed.step
+        for st in resumed.steps:
+            absorb(st)
+        strategy.load_extra(resumed.extra.get("strategy", {}))
+        summers.restore_accounting(resumed.extra.get("secagg", {}))
+        if start < len(tasks) and not tasks[start].restart:
+            replay.resume(tasks[start].layer, resumed.inps)
+
+    bar = tqdm(total=len(tasks), initial=start, desc=desc, disable=not progress)
+    for pos in range(start, len(tasks)):
+        task = tasks[pos]
+        if task.restart:
+            replay.start()
+        assert replay.layer == task.layer, (replay.layer, task.layer)
+        lins = replay.linears()
+        dense = {n: lin.weight.data for n, lin in lins.items()}
+        received = {n: w.to(dense[n].device) for n, w in (strategy.received(task) or {}).items()}
+        layer = {n: received.get(n, dense[n]) for n in lins}
+        slot = np.full(m, -1)
+        slot[task.clients] = np.arange(len(task.clients))
+        stats = replay.statistics(strategy.method, owner=torch.as_tensor(slot)[owner], n_owners=len(task.clients),
+                                  weights=received or None)
+        updates = {i: strategy.client_step(task, layer=layer, stats={
+            n: None if s is None else s[slot[i]] for n, s in stats.items()}) for i in task.clients}
+        del stats
+        kinds = strategy.kinds(task)
+        sums, sent = secure_sums(task, kinds, updates, {n: w.shape for n, w in layer.items()}, summers)
+        server = strategy.server_step(task, sums, layer=layer, sent_bytes=sent,
+                                      uploads={i: u.upload for i, u in updates.items() if u.upload is not None})
+        if hasattr(strategy, "diagnose"):
+            strategy.diagnose(task, server, updates)
+        names = [f"layers.{task.layer}.{n}" for n in lins]
+        step = {"server": server, "packed": {}, "shapes": {}, "kept": {i: {} for i in kept}}
+        for i, u in updates.items():
+            if client_masks is not None:
+                for n, full in zip(lins, names, strict=True):
+                    client_masks.put(full, i, u.masks[n])
+            if i in kept and task.round == 0 and u.own is not None:
+                for n, full in zip(lins, names, strict=True):
+                    step["kept"][i][full] = u.own[n].to("cpu", copy=True)
+                kept[i].update(step["kept"][i])
+        if client_masks is not None:
+            step["packed"] = {full: client_masks.packed[full] for full in names if full in client_masks.packed}
+            step["shapes"] = {full: client_masks.shapes[full] for full in names if full in client_masks.shapes}
+        following = tasks[pos + 1] if pos + 1 < len(tasks) else None
+        if following is not None and not following.restart:  # the last layer of a round feeds nothing
+            nxt = [strategy.next_weights(task, update=updates.get(i), layer=layer) for i in range(m)]
+            replay.advance(_groups(parts, nxt))
+        del updates
+        ckpt.save(task.step, replay.inps, step,
+                  extra=lambda: {"strategy": strategy.extra_state(), "secagg": summers.accounting()})
+        bar.update(1)
+        if on_step is not None:
+            on_step(task)
+    bar.close()
+    return Simulated(strategy, client_masks, {i: ws for i, ws in kept.items() if ws})

@@ -1,0 +1,113 @@
+"""FedPrLLM (Guo et al., 2025, Sec. 3 and Fig. 1) as a client step and a server step.
+
+Client (steps 1, 7): prune each matrix of the layer with the local method (Wanda, SparseGPT, magnitude)
+from the client's own statistics; submit the 0/1 mask (1 = pruned). Server (steps 2-6): the sum of the
+masks is the vote count M_hat; the final mask prunes the k most-voted weights of every comparison group;
+with ``scaling`` kept weights are multiplied by (m - M_hat) / m.
+
+* one-shot: every client prunes its whole model alone, continuing layer after layer from its own pruned
+  layer; the server's answers never reach the clients until the end, so the masks can be summed layer by
+  layer as they come (the server learns exactly the per-matrix sums either way): one communication round.
+* iterative: after each layer the global mask is broadcast and every client continues from the global
+  pruned layer: one round per layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from secprune.aggregate import final_mask, pruned_weight, scale_factor
+from secprune.methods import Method
+from secprune.strategies.base import ClientUpdate, Kind, Strategy, Task
+from secprune.topk import priority
+
+STRATEGIES = ("one-shot", "iterative")
+
+
+class FedPrLLM(Strategy):
+    name = "fedprllm"
+
+    def __init__(self, *, method: Method, n_clients: int, sparsity: float, local_group: str = "row",
+                 server_group: str = "layer", strategy: str = "one-shot", scaling: bool = False, seed: int = 0
+                 ) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"--strategy: expected one of {STRATEGIES}, got {strategy!r}")
+        self.method, self.n_clients, self.sparsity = method, n_clients, sparsity
+        self.local_group, self.server_group, self.strategy = local_group, server_group, strategy
+        self.scaling, self.seed = scaling, seed
+        self.counts: dict[str, torch.Tensor] = {}  # vote counts M_hat per matrix, as the server learnt them
+        self.final: dict[str, torch.Tensor] = {}  # the server's final mask per matrix (True = pruned)
+        self._prio: dict[str, torch.Tensor] = {}
+        self._shared: tuple[int, dict[str, torch.Tensor] | None] | None = None
+
+    def tasks(self, *, n_layers: int) -> list[Task]:
+        every = list(range(self.n_clients))
+        return [Task(step=li, round=0, layer=li, clients=every, restart=li == 0) for li in range(n_layers)]
+
+    def kinds(self, task: Task) -> list[Kind]:
+        return [Kind("mask", 1)]
+
+    # --- client side
+    def _priority(self, layer: int, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        key = f"local:{layer}.{name}"  # the seeded tie-break of the local top-k (the same at every client)
+        if key not in self._prio:
+            self._prio = {k: v for k, v in self._prio.items() if k.startswith(f"local:{layer}.")}
+            self._prio[key] = priority(shape=shape, group=self.local_group, seed=self.seed, tag=key)
+        return self._prio[key]
+
+    def client_step(self, task: Task, *, layer: dict[str, torch.Tensor], stats: dict[str, torch.Tensor | None]
+                    ) -> ClientUpdate:
+        masks, own, vectors = {}, {}, {}
+        for n, w in layer.items():
+            res = self.method.prune(w, stats.get(n), sparsity=self.sparsity, group=self.local_group,
+                                    prio=self._priority(task.layer, n, tuple(w.shape)))
+            masks[n] = res.mask
+            vectors[n] = {"mask": res.mask.reshape(-1).view(torch.uint8).cpu().numpy()}
+            if res.weight is not None:  # SparseGPT's OBS update: the client continues from updated weights
+                own[n] = res.weight.to(w.dtype)
+        return ClientUpdate(vectors=vectors, masks=masks, own=own or None)
+
+    def next_weights(self, task: Task, *, update: ClientUpdate | None, layer: dict[str, torch.Tensor]
+                     ) -> dict[str, torch.Tensor] | None:
+        if self.strategy == "iterative":  # step 7: everyone continues from the global layer
+            return self._shared_for(task, lambda: {
+                n: pruned_weight(w, self.final[f"layers.{task.layer}.{n}"],
+                                 scale_factor(self.counts[f"layers.{task.layer}.{n}"], self.n_clients)
+                                 if self.scaling else None) for n, w in layer.items()})
+        if not self.method.needs_data:  # data-free: every client's mask is the same, one batch suffices
+            return self._shared_for(task, lambda: _masked(layer, update))
+        return update.own if update is not None and update.own is not None else _masked(layer, update)
+
+    def _shared_for(self, task: Task, make) -> dict[str, torch.Tensor]:
+        if self._shared is None or self._shared[0] != task.step:
+            self._shared = (task.step, make())
+        return self._shared[1]
+
+    # --- server side
+    def server_step(self, task: Task, sums: dict[str, dict[str, np.ndarray | torch.Tensor]], *,
+                    layer: dict[str, torch.Tensor], uploads: dict[int, dict[str, int]] | None = None,
+                    sent_bytes: dict[int, int] | None = None) -> dict:
+        state: dict = {"counts": {}, "final": {}}
+        for n, s in sums.items():
+            full = f"layers.{task.layer}.{n}"
+            counts = torch.as_tensor(np.asarray(s["mask"]).astype(np.int64))
+            state["counts"][full] = counts
+            state["final"][full] = final_mask(counts, sparsity=self.sparsity, group=self.server_group,
+                                              seed=self.seed, name=full)
+        self.load_step(state)
+        return state
+
+    def load_step(self, state: dict) -> None:
+        self.counts.update(state["counts"])
+        self.final.update(state["final"])
+
+    def fingerprint(self) -> dict:
+        return {"algorithm": "fedprllm", "method": [self.method.name, getattr(self.method, "update", None)],
+                "sparsity": self.sparsity, "local_group": self.local_group, "seed": self.seed,
+                "strategy": self.strategy, "server_group": self.server_group, "scaling": self.scaling}
+
+
+def _masked(layer: dict[str, torch.Tensor], update: ClientUpdate | None) -> dict[str, torch.Tensor]:
+    assert update is not None
+    return {n: pruned_weight(w, update.masks[n]) for n, w in layer.items()}
