@@ -67,10 +67,12 @@ def _forward(layer, inps: torch.Tensor, idx: np.ndarray, kw: dict, batch_size: i
         out[chunk] = run_layer(layer, inps[chunk], kw)
 
 
-def _secure_counts(summer: SecureSum, masks: MaskSet, name: str) -> torch.Tensor:
-    vectors = [masks.flat(i, name) for i in range(masks.n)]
-    total = summer.sum(name, vectors)
-    return torch.from_numpy(total.astype(np.int64)).view(masks.shapes[name])
+def _secure_counts(summer: SecureSum, masks: MaskSet, names: list[str], key: str) -> dict[str, torch.Tensor]:
+    """The vote counts of ``names`` in one secure-aggregation session (one key agreement for all of them);
+    each client reads its own masks one matrix at a time."""
+    lengths = {name: int(np.prod(masks.shapes[name])) for name in names}
+    sums = summer.sum_many(key, lengths, lambda i, name: masks.flat(i, name))
+    return {name: torch.from_numpy(sums[name].astype(np.int64)).view(masks.shapes[name]) for name in names}
 
 
 @torch.no_grad()
@@ -156,9 +158,9 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
         # 3. inputs of the next layer
         outs = torch.empty_like(inps)
         if strategy == "iterative":
+            counts.update(_secure_counts(summer, client_masks, [f"layers.{li}.{n}" for n in lins], f"layers.{li}"))
             for n, lin in lins.items():
                 full = f"layers.{li}.{n}"
-                counts[full] = _secure_counts(summer, client_masks, full)
                 final[full] = final_mask(counts[full], sparsity=spec.sparsity, group=server_group,
                                          seed=spec.seed, name=full)
                 scale = scale_factor(counts[full], m) if scaling else None
@@ -186,8 +188,7 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
                   extra=lambda: {"secagg": summer.accounting()})
 
     if strategy == "one-shot":  # steps 2-4 happen once, after every layer's local mask exists
-        for name in client_masks.names():
-            counts[name] = _secure_counts(summer, client_masks, name)
+        counts.update(_secure_counts(summer, client_masks, client_masks.names(), "model"))
         final = server_masks(counts, sparsity=spec.sparsity, group=server_group, seed=spec.seed)
     return FedResult(client_masks, counts, final, m, strategy, server_group, scaling, summer.stats())
 
