@@ -219,6 +219,7 @@ def test_upload_costs_b_bits_per_entry():
 def test_streaming_client_memory_does_not_grow_with_the_model():
     """Peak memory of one client's upload is O(chunk): the same for a 4x longer lazily read vector."""
     from secprune.secagg.identity import IdentityKey, KeyDirectory
+    from secprune.secagg.pairwise import run_setup
     from secprune.secagg.pairwise_client import PairwiseClient
     from secprune.secagg.pairwise_server import PairwiseServer
 
@@ -228,14 +229,7 @@ def test_streaming_client_memory_does_not_grow_with_the_model():
         server = PairwiseServer(directory=directory, bits=2, max_value=1, threshold=2, degree=None, graph_seed=0,
                                 epochs=[(("m", length),)], chunk_entries=1 << 15)
         clients = [PairwiseClient(i, identity=ids[i], directory=directory) for i in range(3)]
-        for i, msg in server.session_messages().items():
-            server.receive_advertisement(clients[i].join(msg))
-        rosters = server.rosters()
-        for c in clients:
-            server.receive_share_bundle(c.share_keys(rosters[c.id]))
-        for i, blobs in server.close_shares().items():
-            for blob in blobs:
-                clients[i].receive_share(blob)
+        run_setup(server, clients)
         lazy = np.broadcast_to(np.uint8(1), (length,))  # a view: the client reads slices of it
         tracemalloc.start()
         total = 0

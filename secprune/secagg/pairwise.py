@@ -30,11 +30,32 @@ from secprune.secagg.prg import CIPHERS
 from secprune.secagg.ring import ring_bits
 from secprune.secagg.session import MAX_CHUNK
 
-__all__ = ["AEADS", "STAGES", "PairwiseClient", "PairwiseServer", "PairwiseSum", "default_threshold"]
+__all__ = ["AEADS", "STAGES", "PairwiseClient", "PairwiseServer", "PairwiseSum", "default_threshold", "run_setup"]
 
 STAGES = ("advertise", "share", "upload", "consistency", "unmask")  # a client dropping at a stage sends
 # nothing from it on (for the rest of the session)
 DropoutSpec = Mapping[str, Iterable[int]] | Callable[[str], Mapping[str, Iterable[int]] | None] | None
+
+
+def _deliver(_sender: int, _receiver: int, message: bytes) -> bytes:
+    return message
+
+
+def run_setup(server: PairwiseServer, clients: Mapping[int, PairwiseClient] | list[PairwiseClient], *,
+              send: Callable[[int, int, bytes], bytes] = _deliver, skip_advertise: Iterable[int] = (),
+              skip_share: Iterable[int] = ()) -> None:
+    """Route a session's setup in-process (AdvertiseKeys, ShareKeys, share delivery): every message goes
+    through ``send(sender, receiver, message)``; clients in ``skip_*`` send nothing from that stage on."""
+    skip_advertise, skip_share = set(skip_advertise), set(skip_share) | set(skip_advertise)
+    for i, msg in server.session_messages().items():
+        if i not in skip_advertise:
+            server.receive_advertisement(send(i, SERVER, clients[i].join(send(SERVER, i, msg))))
+    rosters = server.rosters()
+    for i in sorted(set(rosters) - skip_share):
+        server.receive_share_bundle(send(i, SERVER, clients[i].share_keys(send(SERVER, i, rosters[i]))))
+    for i, blobs in server.close_shares().items():
+        for blob in blobs:
+            clients[i].receive_share(send(SERVER, i, blob))
 
 
 class PairwiseSession(Session):
@@ -60,18 +81,9 @@ class PairwiseSession(Session):
         return message
 
     def _setup(self, drop: dict[str, set[int]]) -> None:
-        server, clients, send = self.server, self.clients, self._send
-        self.gone |= drop["advertise"]
-        for i, msg in server.session_messages().items():
-            if i not in self.gone:
-                server.receive_advertisement(send(i, SERVER, clients[i].join(send(SERVER, i, msg))))
-        rosters = server.rosters()
-        self.gone |= drop["share"]
-        for i in sorted(set(rosters) - self.gone):
-            server.receive_share_bundle(send(i, SERVER, clients[i].share_keys(send(SERVER, i, rosters[i]))))
-        for i, blobs in server.close_shares().items():
-            for blob in blobs:
-                clients[i].receive_share(send(SERVER, i, blob))
+        self.gone |= drop["advertise"] | drop["share"]
+        run_setup(self.server, self.clients, send=self._send, skip_advertise=drop["advertise"],
+                  skip_share=self.gone)
 
     def sum_epoch(self, epoch: int, vector: VectorSource) -> dict[str, np.ndarray]:
         self._start(epoch)

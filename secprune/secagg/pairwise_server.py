@@ -9,11 +9,11 @@ share is rejected, naming its holder).  Stages:
 advertise -> rosters() -> share -> close_shares() -> per epoch e: upload(e) -> close_upload() ->
 consistency(e) -> close_consistency() -> unmask(e) -> finish() -> upload(e + 1) ... -> done.
 
-Uploads arrive chunk by chunk, in order; a client's chunks are added into a staging sum that joins the
-epoch's running sum when its last chunk arrives, so a client whose stream breaks counts as a dropout and
-its partial upload is discarded.  ``finish`` rebuilds the self-mask seeds of the survivors U3 and the mask
-keys of the dropped clients U2 \\ U3 (checking each against its commitment or advertised public key),
-removes the masks chunk by chunk and refuses a sum outside [0, |U3| * max_value].
+Uploads arrive chunk by chunk, in order; a client's checked chunks are kept packed (b bits per entry) and
+added to the epoch's running sum, chunk by chunk, when its last chunk arrives, so a client whose stream
+breaks counts as a dropout and its partial upload is discarded.  ``finish`` rebuilds the self-mask seeds of
+the survivors U3 and the mask keys of the dropped clients U2 \\ U3 (checking each against its commitment or
+advertised public key), removes the masks and refuses a sum outside [0, |U3| * max_value].
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ class PairwiseServer:
         self._matrices = self.cfg.matrices(epoch)
         total = sum(length for _, _, length in self._matrices)
         self._acc = np.zeros(total, ring_dtype(self.cfg.bits))
-        self._staging: dict[int, tuple[int, np.ndarray]] = {}  # client -> (next chunk, partial sum)
+        self._staging: dict[int, tuple[int, list]] = {}  # client -> (next chunk, its packed chunks so far)
         self.uploaded, self.signers, self.responded = [], [], []
         self._signatures: dict[int, bytes] = {}
         self._shares: dict[tuple[int, int], dict[int, np.ndarray]] = {}  # (kind, owner) -> {holder: share}
@@ -228,31 +228,33 @@ class PairwiseServer:
         u = header.sender
         data = self._check_mac(message, header, CHUNK_HEAD.size, "MASKED chunk")
         epoch, index, start, count, bits = CHUNK_HEAD.unpack_from(data, HEADER.size)
-        position, partial = self._staging.get(u, (0, None))
+        position, kept = self._staging.get(u, (0, []))
         want = self._chunks[position]
         if (epoch, index, start, count, bits) != (self.epoch, want[0], want[1], want[2], self.cfg.bits):
             raise ProtocolError(f"server ({self.stage}): MASKED chunk from client {u} is (epoch {epoch}, "
                                 f"matrix {index}, offset {start}, {count} entries of {bits} bits); expected "
                                 f"(epoch {self.epoch}, matrix {want[0]}, offset {want[1]}, {want[2]} entries of "
                                 f"{self.cfg.bits} bits)")
-        packed = data[HEADER.size + CHUNK_HEAD.size:]
+        packed = memoryview(data)[HEADER.size + CHUNK_HEAD.size:]
         if len(packed) != packed_size(count, bits):
             raise ProtocolError(f"server ({self.stage}): MASKED chunk from client {u}: {len(packed)} bytes for "
                                 f"{count} entries of {bits} bits")
-        if partial is None:
-            partial = np.zeros_like(self._acc) if len(self._chunks) > 1 else None
-        values = unpack(packed, bits, count)
-        if partial is None:  # a one-chunk upload is complete on arrival
-            self._acc[want[3]:want[3] + count] += values
-        else:
-            partial[want[3]:want[3] + count] += values
-        if position + 1 < len(self._chunks):
-            self._staging[u] = (position + 1, partial)
+        if len(self._chunks) == 1:  # a one-chunk upload is complete on arrival
+            self._add(want[3], count, packed)
+            self.uploaded.append(u)
             return
-        if partial is not None:
-            self._acc += partial
+        kept.append((want[3], count, packed))
+        if position + 1 < len(self._chunks):
+            self._staging[u] = (position + 1, kept)  # packed chunks, b bits per entry, until the last one
+            return
+        for offset, size, chunk in kept:
+            self._add(offset, size, chunk)
         self._staging.pop(u, None)
         self.uploaded.append(u)
+
+    def _add(self, offset: int, count: int, packed) -> None:
+        part = self._acc[offset:offset + count]
+        np.add(part, unpack(packed, self.cfg.bits, count), out=part)
 
     def close_upload(self) -> dict[int, bytes]:
         """Close the upload: partial uploads are dropped; SURVIVORS (U3) to every member of U3."""
