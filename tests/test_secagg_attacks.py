@@ -182,30 +182,96 @@ def test_survivors_must_be_neighbours_that_delivered_shares():
 
 # -- rosters and keys -------------------------------------------------------------------------------------------
 
-def test_roster_inflation_with_non_neighbours_is_refused():
-    """Sparse graph (n=16, k=4, t=4): a roster naming more holders than N(u) (even with genuine, signed
-    advertisements of other clients) would let the server collect t shares of each kind; it is refused."""
-    fed = Federation(16, degree=4)
+def _roster(fed, receiver, ids):
+    body = b"".join(v.to_bytes(4, "big") + fed.server._adverts[v] for v in ids)
+    return encode(MsgType.ROSTER, round_id=fed.server.cfg.session_id, sender=SERVER, receiver=receiver,
+                  payload=len(ids).to_bytes(4, "big") + body)
+
+
+@pytest.mark.parametrize("n, k", [(16, 4), (64, 8)])
+def test_roster_inflation_with_non_neighbours_is_refused(n, k):
+    """Sparse graph (t = default, 2t > k + 1): a roster naming more holders than N(u), even with genuine signed
+    advertisements of other clients, would let the server collect t shares of each kind; it is refused."""
+    fed = Federation(n, degree=k)
     fed.advertise()
     victim = 0
-    strangers = sorted(set(range(1, 16)) - fed.graph[victim])[:4]
-    entries = sorted(fed.graph[victim] | set(strangers))
-    body = b"".join(v.to_bytes(4, "big") + fed.server._adverts[v] for v in entries)
-    inflated = encode(MsgType.ROSTER, round_id=fed.server.cfg.session_id, sender=SERVER, receiver=victim,
-                      payload=len(entries).to_bytes(4, "big") + body)
-    with pytest.raises(ProtocolError, match="client 0 .*roster lists 8 clients, more than the 4 neighbours"):
+    strangers = sorted(set(range(1, n)) - fed.graph[victim])[:k]
+    inflated = _roster(fed, victim, sorted(fed.graph[victim] | set(strangers)))
+    with pytest.raises(ProtocolError, match=f"client 0 .*roster lists {2 * k} clients, more than the {k} neighbours"):
         fed.clients[victim].share_keys(inflated)
-    swapped = sorted(fed.graph[victim])[:3] + strangers[:1]
-    body = b"".join(v.to_bytes(4, "big") + fed.server._adverts[v] for v in swapped)
-    msg = encode(MsgType.ROSTER, round_id=fed.server.cfg.session_id, sender=SERVER, receiver=victim,
-                 payload=(4).to_bytes(4, "big") + body)
-    fed2 = Federation(16, degree=4)  # a fresh client (a refused roster leaves the first one half-read)
+    fed2 = Federation(n, degree=k)  # a fresh client (a refused roster leaves the first one half-read)
     fed2.advertise()
-    body2 = b"".join(v.to_bytes(4, "big") + fed2.server._adverts[v] for v in sorted(swapped))
-    msg = encode(MsgType.ROSTER, round_id=fed2.server.cfg.session_id, sender=SERVER, receiver=victim,
-                 payload=(4).to_bytes(4, "big") + body2)
+    swapped = sorted(sorted(fed2.graph[victim])[:k - 1] + strangers[:1])
     with pytest.raises(ProtocolError, match=f"roster lists client {strangers[0]}, which is not a neighbour"):
-        fed2.clients[victim].share_keys(msg)
+        fed2.clients[victim].share_keys(_roster(fed2, victim, swapped))
+
+
+def _arc_attack(fed, gaps):
+    """Fake the dropout of the clients at ring positions ``gaps`` (their uploads are ignored) so that the
+    survivors fall into two arcs; returns (arc, upload messages, survivors' plaintext)."""
+    order = [int(v) for v in np.random.default_rng(fed.server.cfg.graph_seed).permutation(fed.n)]  # the ring
+    fake_dropped = {order[p] for p in gaps}
+    arc = [order[p] for p in range(gaps[1] + 1, gaps[2])]  # between the two gaps
+    fed.advertise()
+    fed.share()
+    uploads = {}
+    for i in range(fed.n):
+        fed.vectors[(0, i)] = {"m": np.random.default_rng(i).integers(0, 2, 2000).astype(np.uint8)}
+        (uploads[i],) = list(fed.clients[i].upload(0, lambda name, i=i: fed.vectors[(0, i)]["m"]))
+        if i not in fake_dropped:
+            fed.server.receive_masked(uploads[i])
+    fed.survivor_requests = fed.server.close_upload()
+    return arc, uploads, fake_dropped
+
+
+def test_faked_dropouts_cannot_cut_the_sparse_ring_at_the_safe_threshold():
+    """n=16, k=4, t=4 = k/2 + 2 (the safe level): the server ignores two runs of k/2 = 2 clients to split the
+    survivors into two arcs and learn each arc's sum.  The clients next to a gap keep only 3 < t live holders:
+    they refuse to sign, and their self masks cannot be removed, so no arc sum (nor the total) comes out."""
+    fed = Federation(16, degree=4, threshold=4, lengths=(("m", 2000),), chunk=4096)
+    arc, _, dropped = _arc_attack(fed, gaps=[0, 1, 8, 9])
+    refused = []
+    for i, req in fed.survivor_requests.items():
+        try:
+            fed.server.receive_survivors_signature(fed.clients[i].sign_survivors(req))
+        except SecAggAbortError as exc:
+            assert "share holders survived, fewer than t=4" in str(exc)
+            refused.append(i)
+    assert arc[0] in refused and arc[-1] in refused  # both ends of the arc
+    fed.unmask_requests = fed.server.close_consistency()
+    for i, req in fed.unmask_requests.items():
+        try:
+            fed.server.receive_unmask_response(fed.clients[i].unmask(req))
+        except SecAggAbortError:
+            pass
+    with pytest.raises(SecAggAbortError, match="fewer than the threshold t=4"):
+        fed.server.finish()
+
+
+def test_below_the_safe_threshold_the_same_attack_leaks_an_arc_sum(monkeypatch):
+    """The same attack with t = 3 = k/2 + 1 (refused by check_options; forced here) gives the server the exact
+    sum of the arc: the reason the code refuses t < k/2 + 2."""
+    import secprune.secagg.params as params
+
+    monkeypatch.setattr(params, "min_threshold", lambda *, holders, degree: holders // 2 + 1)
+    fed = Federation(16, degree=4, threshold=3, lengths=(("m", 2000),), chunk=4096)
+    arc, uploads, dropped = _arc_attack(fed, gaps=[0, 1, 8, 9])
+    fed.consistency()
+    fed.unmask()
+    cfg, server = fed.server.cfg, fed.server
+    acc = np.zeros(2000, ring_dtype(cfg.bits))
+    for u in arc:  # the attacker's arithmetic on what it legitimately holds
+        acc += unpack(uploads[u][HEADER.size + CHUNK_HEAD.size:-MAC_BYTES], cfg.bits, 2000)
+        seed = server._recover(0, u)
+        MaskPRG().sub(acc, self_mask_key(seed, session=cfg.digest, epoch=0))
+        for v in fed.graph[u] & dropped:
+            from secprune.secagg.crypto import mask_secret_key
+
+            sk = mask_secret_key(server._recover(1, v), session=cfg.digest, epoch=0)
+            key = pair_mask_key(sk, server._mask_pk(u, 0), u=u, v=v, session=cfg.digest, epoch=0)
+            (MaskPRG().sub if u < v else MaskPRG().add)(acc, key)
+    acc &= acc.dtype.type(ring_mask(cfg.bits))
+    np.testing.assert_array_equal(acc, np.sum([fed.vectors[(0, u)]["m"] for u in arc], axis=0))
 
 
 def test_substituted_keys_are_refused():
