@@ -1,52 +1,50 @@
-"""Benchmark of secure mask summation: plaintext vs pairwise masking (SecAgg/SecAgg+) vs BFV, and Flower.
+"""Full secure-aggregation rounds side by side: ours (pairwise, HE) against Flower's SecAgg+ (real workflow + mod).
 
-For every n (clients) and L (entries per client vector) it runs one protocol round and reports per-client
-masking/encryption time, server time and bits per entry on the wire, plus ratios measured in the same run
-and an extrapolation to a LLaMA-7B-sized mask (6.5e9 entries per client).
+For every n (clients) and L (entries per client vector) the script runs, in one process and one run:
 
-What is measured and what is extrapolated:
-* plaintext, pairwise: every client is simulated; client time is the mean over all clients of the
-  masked-input step (PRG expansion of the self mask and k pairwise masks, mod 2^b, b-bit packing), server
-  time is adding all uploads plus unmasking.
-* he (ours, packed BFV) and tenseal-default (N=8192, t=1032193, one entry per slot, no packing): at most
-  ``--he-clients`` clients encrypt for real (default 2; mean per client); the server's time is measured on
-  those uploads and scaled linearly to n (ciphertext additions), decryption is measured.
-* flower: Flower's own SecAgg+ masking primitives (flwr.common.secure_aggregation: ``pseudo_rand_gen`` for
-  the self mask and k pairwise masks, ``parameters_mod``, ``ndarray_to_bytes``) on one client; its server
-  unmasking (regenerating n self masks) is measured on ``--he-clients`` clients and scaled to n.
-  Flower's full gRPC workflow is not run.
-* The 7B row multiplies the per-entry costs by 6.5e9 (linear in L; measured, not run).
+* **pairwise (ours):** one complete session of :class:`secprune.secagg.pairwise.PairwiseSum` (all n clients and
+  the server, active-adversary version: signatures, consistency check, commitments, MACs), degree k
+  (``--neighbours``; the complete graph when k >= n - 1) and threshold t, with ``--drop`` clients dropping
+  after key sharing.  Wall time of ``summer.sum``; bytes are the lengths of the exact messages.
+* **flower:** Flower's own ``SecAggPlusWorkflow`` (server) against ``secaggplus_mod`` (every client), wired by
+  an in-process ``Grid`` that serializes each ``Message`` to protobuf (``message_to_proto``) and parses it on
+  the other side, so bytes are what Flower would put on the wire.  Same n, L, number of shares (k + 1),
+  threshold t and dropouts (the same number of clients do not answer the masked-vector stage).  The global
+  model the workflow broadcasts is 1 entry, so the bytes are the protocol's own; the clients return the 0/1
+  vector as float32 parameters with ``max_weight=1`` (exact with Flower's default quantization).
+  Wall time of the workflow call; "client s" is the time spent inside the clients' mod (incl. parsing).
+* **plaintext:** bit-packed 0/1 uploads added by the server (the cost floor).
+* **he (ours, optional ``--he``):** a full round of :class:`secprune.secagg.he.HESum` (n clients, server, key
+  holder), the same dropouts.
 
-Usage: ``python experiments/bench_secagg.py`` (full grid: n in 8 16 64, L in 1e6 1e7) or e.g.
-``python experiments/bench_secagg.py --clients 8 --lengths 100000 --json out.json``.
+Bits per entry are per client that uploaded: "client up" counts every byte the clients sent, "wire" every byte
+of the round in both directions (all parties), each divided by (uploading clients x L).
+
+Flower is optional (``pip install "flwr==1.41.0"``, in the ``flower`` extra); without it the Flower rows are
+skipped with a message.  Usage: ``python experiments/bench_secagg.py`` (n in 8 16 64, L in 1e6 1e7) or e.g.
+``python experiments/bench_secagg.py --clients 8 --lengths 1e5 --json out.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
+import resource
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from secprune.secagg.graph import neighbour_graph  # noqa: E402
-from secprune.secagg.messages import SERVER  # noqa: E402
-from secprune.secagg.pairwise import (  # noqa: E402
-    PairwiseClient,
-    PairwiseServer,
-    RoundConfig,
-    default_threshold,
-)
-from secprune.secagg.prg import MaskPRG  # noqa: E402
-from secprune.secagg.ring import pack, ring_bits, unpack  # noqa: E402
-
-LLAMA7B = 6.5e9
+from secprune.secagg import make_summer  # noqa: E402
+from secprune.secagg.params import pairwise_parameters  # noqa: E402
+from secprune.secagg.ring import pack, unpack  # noqa: E402
 
 
 def _now() -> float:
@@ -54,226 +52,220 @@ def _now() -> float:
 
 
 def bench_plain(vectors: list[np.ndarray]) -> dict:
-    n, length = len(vectors), vectors[0].size
+    length = vectors[0].size
     t0 = _now()
     msgs = [pack(v, 1) for v in vectors]
-    t_client = (_now() - t0) / n
-    t0 = _now()
     acc = np.zeros(length, np.int64)
     for m in msgs:
         acc += unpack(m, 1, length)
-    t_server = _now() - t0
+    wall = _now() - t0
     assert np.array_equal(acc, np.sum(vectors, axis=0, dtype=np.int64))
-    return {"client_s": t_client, "server_s": t_server, "upload_bits_per_entry": 8 * len(msgs[0]) / length,
-            "client_sent_bits_per_entry": 8 * len(msgs[0]) / length}
+    return {"round_s": wall, "client_bits_per_entry": 8 * len(msgs[0]) / length,
+            "wire_bits_per_entry": 8 * len(msgs[0]) / length}
 
 
-def bench_pairwise(vectors: list[np.ndarray], *, neighbours: int | None, cipher: str) -> dict:
-    """One SecAgg(+) round driven step by step, timing the masked-input step of every client."""
+def bench_pairwise(vectors: list[np.ndarray], *, neighbours: int | None, threshold: int, drop: list[int]) -> dict:
     n, length = len(vectors), vectors[0].size
-    graph = neighbour_graph(n, degree=neighbours, seed=1)
-    holders = 1 + min(len(a) for a in graph)
-    cfg = RoundConfig(round_id=int.from_bytes(os.urandom(8), "big"), n_clients=n, length=length,
-                      bits=ring_bits(n_clients=n, max_value=1), max_value=1,
-                      threshold=default_threshold(holders), cipher=cipher)
-    prg = MaskPRG(cipher=cipher)
-    clients = [PairwiseClient(i, cfg, prg=prg) for i in range(n)]
-    server = PairwiseServer(cfg, graph, prg=prg)
-    sent = dict.fromkeys(range(n), 0)
+    summer = make_summer("pairwise", n_clients=n, neighbours=neighbours, threshold=threshold,
+                         dropouts={"upload": drop} if drop else None)
     t0 = _now()
-    for c in clients:
-        msg = c.advertise()
-        sent[c.id] += len(msg)
-        server.receive_advertisement(msg)
-    rosters = server.rosters()
-    for c in clients:
-        msg = c.share_keys(rosters[c.id])
-        sent[c.id] += len(msg)
-        server.receive_share_bundle(msg)
-    for i, blobs in server.close_shares().items():
-        for blob in blobs:
-            clients[i].receive_share(blob)
-    t_setup = (_now() - t0) / n
-    t_client = t_server = 0.0
-    upload = 0
-    for c in clients:
-        t0 = _now()
-        msg = c.masked_input(vectors[c.id])
-        t_client += _now() - t0
-        upload = len(msg)
-        sent[c.id] += len(msg)
-        t0 = _now()
-        server.receive_masked(msg)
-        t_server += _now() - t0
-        del msg
-    requests = server.close_masked()
-    responses = []
-    for c in clients:
-        responses.append(c.unmask(requests[c.id]))
-        sent[c.id] += len(responses[-1])
-    t0 = _now()
-    for r in responses:
-        server.receive_unmask_response(r)
-    out = server.finish()
-    t_server += _now() - t0
-    assert np.array_equal(out, np.sum(vectors, axis=0, dtype=np.int64)), "pairwise sum is not exact"
-    return {"client_s": t_client / n, "server_s": t_server, "setup_client_s": t_setup, "bits": cfg.bits,
-            "degree": len(graph[0]), "upload_bits_per_entry": 8 * upload / length,
-            "client_sent_bits_per_entry": 8 * max(sent.values()) / length}
+    out = summer.sum("layer", vectors)
+    wall = _now() - t0
+    alive = [i for i in range(n) if i not in drop]
+    assert np.array_equal(out, np.sum([vectors[i] for i in alive], axis=0, dtype=np.int64)), "pairwise not exact"
+    stats = summer.stats()
+    client = sum(v for k, v in stats["sent"].items() if k.startswith("client"))
+    return {"round_s": wall, "client_bits_per_entry": 8 * client / (len(alive) * length),
+            "wire_bits_per_entry": 8 * stats["total_bytes"] / (len(alive) * length), "bits": summer.bits,
+            "degree": summer.degree or n - 1, "threshold": summer.threshold}
 
 
-def bench_he(vectors: list[np.ndarray], *, sample: int, default_params: bool) -> dict:
-    """Packed BFV (ours) or TenSEAL's textbook defaults (N=8192, t=1032193, one entry per slot)."""
-    import tenseal as ts
-
-    from secprune.secagg.he import HEClient, HEConfig, HEServer, KeyHolder
-    from secprune.secagg.messages import MsgType, decode, encode
-
+def bench_he(vectors: list[np.ndarray], *, drop: list[int]) -> dict:
     n, length = len(vectors), vectors[0].size
-    sample = min(sample, n)
-    if default_params:
-        ctx = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=8192, plain_modulus=1032193)
-        t_enc = 0.0
-        size = 0
-        cts = []
-        for i in range(sample):
-            t0 = _now()
-            enc = [ts.bfv_vector(ctx, vectors[i][j:j + 8192].astype(np.int64).tolist()).serialize()
-                   for j in range(0, length, 8192)]
-            t_enc += _now() - t0
-            size = sum(len(c) for c in enc)
-            cts.append(enc)
-        t0 = _now()
-        acc = [ts.bfv_vector_from(ctx, c) for c in cts[0]]
-        for enc in cts[1:]:
-            for a, c in zip(acc, enc, strict=True):
-                a += ts.bfv_vector_from(ctx, c)
-        t_add = (_now() - t0) / max(1, sample - 1) if sample > 1 else 0.0
-        t0 = _now()
-        total = np.concatenate([np.asarray(a.decrypt(), np.int64) for a in acc])
-        t_dec = _now() - t0
-        assert np.array_equal(total, np.sum(vectors[:sample], axis=0, dtype=np.int64))
-        return {"client_s": t_enc / sample, "server_s": t_add * n + t_dec, "upload_bits_per_entry":
-                8 * size / length, "client_sent_bits_per_entry": 8 * size / length,
-                "simulated_clients": sample}
-    holder = KeyHolder()
-    ctx_msg = holder.public_context()
-    _, pub = decode(ctx_msg, expect=MsgType.HE_CONTEXT, round_id=0, receiver=SERVER)
-    cfg = HEConfig(round_id=7, n_clients=n, length=length, max_value=1, plain_modulus=holder.plain_modulus,
-                   poly_modulus_degree=holder.poly_modulus_degree)
-    server = HEServer(cfg, pub)
-    t_enc = t_add = 0.0
-    size = 0
-    for i in range(sample):
-        client = HEClient(i, encode(MsgType.HE_CONTEXT, round_id=0, sender=SERVER, receiver=i, payload=pub))
-        t0 = _now()
-        msg = client.encrypt(cfg, vectors[i])
-        t_enc += _now() - t0
-        size = len(msg)
-        t0 = _now()
-        server.receive(msg)
-        t_add += _now() - t0
+    summer = make_summer("he", n_clients=n, dropouts={"upload": drop} if drop else None)
+    summer.sum("warm-up", [np.zeros(1, np.uint8)] * n)  # the key holder's context goes out once per summer
     t0 = _now()
-    result = server.result(holder.decrypt(cfg, server.aggregate()))
-    t_dec = _now() - t0
-    assert np.array_equal(result, np.sum(vectors[:sample], axis=0, dtype=np.int64)), "he sum is not exact"
-    return {"client_s": t_enc / sample, "server_s": t_add / sample * n + t_dec, "upload_bits_per_entry":
-            8 * size / length, "client_sent_bits_per_entry": 8 * size / length, "simulated_clients": sample,
-            "entries_per_slot": cfg.packing[1], "context_bytes": len(ctx_msg)}
+    out = summer.sum("layer", vectors)
+    wall = _now() - t0
+    alive = [i for i in range(n) if i not in drop]
+    assert np.array_equal(out, np.sum([vectors[i] for i in alive], axis=0, dtype=np.int64)), "he not exact"
+    per = summer.stats()["per_round"]["layer"]["sent"]
+    client = sum(v for k, v in per.items() if k.startswith("client"))
+    return {"round_s": wall, "client_bits_per_entry": 8 * client / (len(alive) * length),
+            "wire_bits_per_entry": 8 * sum(per.values()) / (len(alive) * length)}
 
 
-def bench_flower(vectors: list[np.ndarray], *, neighbours: int, sample: int) -> dict | None:
-    """Flower's SecAgg+ client masking primitives (self mask + k pairwise masks over Z_(2^32))."""
+def bench_flower(vectors: list[np.ndarray], *, num_shares: int, threshold: int, drop: list[int]) -> dict | None:
+    """Flower's SecAggPlusWorkflow against secaggplus_mod, every message serialized to protobuf and back."""
     try:
         import flwr
-        from flwr.common import ndarray_to_bytes
-        from flwr.common.secure_aggregation.ndarrays_arithmetic import (
-            parameters_addition,
-            parameters_mod,
-            parameters_subtraction,
-        )
-        from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+        import flwr.compat.common.recorddict_compat as compat
+        from flwr.app import ConfigRecord, Context, Message, RecordDict
+        from flwr.client.mod.secure_aggregation.secaggplus_mod import secaggplus_mod
+        from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+        from flwr.common.serde import message_from_proto, message_to_proto
+        from flwr.proto.message_pb2 import Message as ProtoMessage
+        from flwr.server.client_manager import SimpleClientManager
+        from flwr.server.client_proxy import ClientProxy
+        from flwr.server.compat.legacy_context import LegacyContext
+        from flwr.server.strategy import FedAvg
+        from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+        from flwr.server.workflow.constant import Key as WorkflowKey
+        from flwr.server.workflow.secure_aggregation.secaggplus_workflow import SecAggPlusWorkflow
+        from flwr.serverapp.grid import Grid
+        from flwr.supercore.task_identity import TaskIdentity
     except ImportError:
         return None
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     n, length = len(vectors), vectors[0].size
-    mod_range = 1 << 32  # SecAggPlusWorkflow's default modulus_range
-    k = min(neighbours, n - 1)
+
+    class Proxy(ClientProxy):
+        def __init__(self, node_id: int) -> None:
+            super().__init__(str(node_id))
+            self.node_id = node_id
+
+        def get_properties(self, *a, **k):
+            raise NotImplementedError
+
+        get_parameters = fit = evaluate = reconnect = get_properties
+
+    class LocalGrid(Grid):
+        """Delivers each message to the node's app in-process; replies from dropped nodes never arrive."""
+
+        def __init__(self, apps: dict, dropped: dict[int, set[int]]) -> None:
+            self.apps, self.dropped, self.stage = apps, dropped, 0
+            self.down = self.up = 0
+            self.client_s = 0.0
+
+        def set_run(self, run) -> None:
+            pass
+
+        @property
+        def run(self):
+            return None
+
+        def create_message(self, *a, **k):
+            raise NotImplementedError
+
+        def get_node_ids(self):
+            return list(self.apps)
+
+        def push_messages(self, messages):
+            raise NotImplementedError
+
+        pull_messages = push_messages
+
+        def send_and_receive(self, messages, *, timeout=None):
+            out = []
+            for msg in messages:
+                msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+                msg.metadata.__dict__["_src_node_id"] = 1
+                data = message_to_proto(msg).SerializeToString()
+                self.down += len(data)
+                node = msg.metadata.dst_node_id
+                if node in self.dropped.get(self.stage, set()):
+                    continue
+                t0 = _now()
+                reply = self.apps[node](message_from_proto(ProtoMessage.FromString(data)))
+                reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+                raw = message_to_proto(reply).SerializeToString()
+                self.client_s += _now() - t0
+                self.up += len(raw)
+                out.append(message_from_proto(ProtoMessage.FromString(raw)))
+                del raw, reply
+            self.stage += 1
+            return out
+
+    def make_app(node_id: int, vector: np.ndarray):
+        ctx = Context(run_id=1, node_id=node_id, node_config={}, state=RecordDict(), run_config={})
+
+        def fit(msg, _ctx):  # the 0/1 vector as float32 parameters (converted only when asked)
+            res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([vector.astype(np.float32)]), 1, {})
+            return Message(compat.fitres_to_recorddict(res, keep_input=True), reply_to=msg)
+
+        return lambda msg: secaggplus_mod(msg, ctx, fit)
+
+    node_ids = list(range(2, n + 2))
+    apps = {nid: make_app(nid, vectors[i]) for i, nid in enumerate(node_ids)}
+    grid = LocalGrid(apps, {2: {node_ids[i] for i in drop}})  # stage 2 = collect masked vectors
+    manager = SimpleClientManager()
+    for nid in node_ids:
+        manager.register(Proxy(nid))
+    base = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    ctx = LegacyContext(base, strategy=FedAvg(fraction_fit=1.0, min_fit_clients=n, min_available_clients=n),
+                        client_manager=manager)
+    ctx.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: 1})
+    ctx.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+        ndarrays_to_parameters([np.zeros(1, np.float32)]), True)  # a 1-entry global model: protocol bytes only
+    workflow = SecAggPlusWorkflow(num_shares=num_shares, reconstruction_threshold=threshold, max_weight=1.0)
     t0 = _now()
-    params = [vectors[0].astype(np.int64)]
-    params = parameters_addition(params, pseudo_rand_gen(os.urandom(32), mod_range, [(length,)]))
-    for j in range(k):
-        mask = pseudo_rand_gen(os.urandom(32), mod_range, [(length,)])
-        params = (parameters_addition if j % 2 else parameters_subtraction)(params, mask)
-    params = parameters_mod(params, mod_range)
-    wire = ndarray_to_bytes(params[0])
-    t_client = _now() - t0
-    sample = min(sample, n)
-    t0 = _now()
-    acc = [np.zeros(length, np.int64)]
-    for _ in range(sample):  # add an upload and remove a regenerated self mask, as the server does
-        acc = parameters_addition(acc, [np.frombuffer(wire[-8 * length:], np.int64)])
-        acc = parameters_subtraction(acc, pseudo_rand_gen(os.urandom(32), mod_range, [(length,)]))
-    acc = parameters_mod(acc, mod_range)
-    t_server = (_now() - t0) / sample * n
-    return {"client_s": t_client, "server_s": t_server, "upload_bits_per_entry": 8 * len(wire) / length,
-            "client_sent_bits_per_entry": 8 * len(wire) / length, "version": flwr.__version__}
+    workflow(grid, ctx)
+    wall = _now() - t0
+    params = compat.arrayrecord_to_parameters(ctx.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+    mean = parameters_to_ndarrays(params)[0]
+    alive = [i for i in range(n) if i not in drop]
+    exact = np.sum([vectors[i] for i in alive], axis=0, dtype=np.int64)
+    assert mean.size == length and np.array_equal(np.rint(mean * len(alive)), exact), "flower sum is not exact"
+    return {"round_s": wall, "client_s": grid.client_s, "client_bits_per_entry": 8 * grid.up / (len(alive) * length),
+            "wire_bits_per_entry": 8 * (grid.up + grid.down) / (len(alive) * length), "version": flwr.__version__}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, nargs="+", default=[8, 16, 64])
     ap.add_argument("--lengths", type=float, nargs="+", default=[1e6, 1e7])
-    ap.add_argument("--neighbours", type=int, default=8, help="SecAgg+ degree k (complete graph if >= n-1)")
-    ap.add_argument("--cipher", default="aes-ctr", choices=["aes-ctr", "chacha20"])
-    ap.add_argument("--he-clients", type=int, default=2,
-                    help="clients that really encrypt (HE) / are unmasked (Flower server)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["he", "tenseal-default", "flower"])
+    ap.add_argument("--neighbours", type=int, default=8, help="SecAgg+ degree k, even (complete graph if >= n-1)")
+    ap.add_argument("--drop", type=int, default=1, help="clients that drop after key sharing (both protocols)")
+    ap.add_argument("--he", action="store_true", help="also run our HE backend (all n clients; slow)")
+    ap.add_argument("--skip-flower", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="write all results here")
     args = ap.parse_args(argv)
-    if any(n < 2 for n in args.clients) or any(length < 1 for length in args.lengths):
-        raise ValueError("--clients: expected integers >= 2; --lengths: expected numbers >= 1")
+    if any(n < 3 for n in args.clients) or any(length < 1 for length in args.lengths):
+        raise ValueError("--clients: expected integers >= 3; --lengths: expected numbers >= 1")
     rng = np.random.default_rng(0)
     rows = []
+    flower_missing = False
     for n in args.clients:
+        k = min(args.neighbours, n - 1)
+        degree, t = pairwise_parameters(n_clients=n, neighbours=k, threshold=None)
+        h = n if degree is None else degree + 1
+        drop = list(range(n - args.drop, n))
         for length in (int(x) for x in args.lengths):
             vectors = [(rng.random(length) < 0.5).astype(np.uint8) for _ in range(n)]
             res = {"plaintext": bench_plain(vectors),
-                   "pairwise": bench_pairwise(vectors, neighbours=args.neighbours, cipher=args.cipher)}
-            if "he" not in args.skip:
-                res["he"] = bench_he(vectors, sample=args.he_clients, default_params=False)
-            if "tenseal-default" not in args.skip:
-                res["tenseal-default"] = bench_he(vectors, sample=args.he_clients, default_params=True)
-            if "flower" not in args.skip:
-                flower = bench_flower(vectors, neighbours=args.neighbours, sample=args.he_clients)
-                if flower is not None:
+                   "pairwise": bench_pairwise(vectors, neighbours=degree, threshold=t, drop=drop)}
+            if args.he:
+                res["he"] = bench_he(vectors, drop=drop)
+            if not args.skip_flower:
+                flower = bench_flower(vectors, num_shares=h, threshold=t, drop=drop)
+                if flower is None:
+                    flower_missing = True
+                else:
                     res["flower"] = flower
             for name, r in res.items():
-                r.update(n=n, length=length, backend=name,
-                         client_entries_per_s=length / r["client_s"] if r["client_s"] else float("inf"),
-                         llama7b_client_s=r["client_s"] / length * LLAMA7B,
-                         llama7b_upload_gb=r["upload_bits_per_entry"] * LLAMA7B / 8e9)
+                r.update(n=n, length=length, backend=name, holders=h, t=t, dropped=len(drop),
+                         peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
                 rows.append(r)
             del vectors
-            _print_block(n, length, res)
-    if "flower" not in args.skip and not any(r["backend"] == "flower" for r in rows):
-        print("flower: flwr is not importable here; comparison skipped")
+            _print_block(n, length, h, t, drop, res)
+    if flower_missing:
+        print("\nflower: flwr is not importable here; Flower rows skipped (pip install 'flwr==1.41.0')")
     if args.json:
-        meta = {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                "machine": platform.machine()}
+        meta = {"python": platform.python_version(), "cpu_count": os.cpu_count(), "machine": platform.machine()}
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     return 0
 
 
-def _print_block(n: int, length: int, res: dict) -> None:
+def _print_block(n: int, length: int, h: int, t: int, drop: list[int], res: dict) -> None:
     pw = res["pairwise"]
-    print(f"\n## n={n} clients, L={length:.0e} entries (pairwise: b={pw['bits']}, degree {pw['degree']})")
-    print(f"{'backend':16s} {'client s':>9s} {'Mentr/s':>8s} {'server s':>9s} {'up b/entry':>10s} "
-          f"{'all b/entry':>11s} {'x plain cl':>10s} {'x pw cl':>8s} {'7B client s':>11s} {'7B up GB':>9s}")
+    print(f"\n## n={n} clients, L={length:.0e}, {h} share holders per client, t={t}, {len(drop)} dropped "
+          f"before upload (ours: b={pw['bits']} bits)")
+    print(f"{'backend':10s} {'round s':>9s} {'client up b/entry':>17s} {'wire b/entry':>12s} "
+          f"{'time / ours':>11s} {'upload / ours':>13s}")
     for name, r in res.items():
-        print(f"{name:16s} {r['client_s']:9.4f} {r['client_entries_per_s'] / 1e6:8.1f} {r['server_s']:9.3f} "
-              f"{r['upload_bits_per_entry']:10.2f} {r['client_sent_bits_per_entry']:11.2f} "
-              f"{r['client_s'] / res['plaintext']['client_s']:10.1f} {r['client_s'] / pw['client_s']:8.2f} "
-              f"{r['llama7b_client_s']:11.1f} {r['llama7b_upload_gb']:9.2f}")
+        print(f"{name:10s} {r['round_s']:9.3f} {r['client_bits_per_entry']:17.2f} {r['wire_bits_per_entry']:12.2f} "
+              f"{r['round_s'] / pw['round_s']:11.2f} {r['client_bits_per_entry'] / pw['client_bits_per_entry']:13.2f}")
     sys.stdout.flush()
 
 

@@ -42,3 +42,26 @@ def test_empty_vectors_sum_to_empty():
     for backend in BACKENDS:
         out = make_summer(backend, n_clients=3).sum("empty", [np.zeros(0, np.uint8)] * 3)
         assert out.shape == (0,) and out.dtype == np.int64
+
+
+def test_sessions_give_the_same_sums_on_every_backend():
+    n, rng = 4, np.random.default_rng(5)
+    epochs = [("layers.0", {"q": 37, "empty": 0, "up": 300}), ("layers.1", {"q": 37})]
+    data = {(e, i, name): rng.integers(0, 2, length).astype(np.uint8)
+            for e, (_, lengths) in enumerate(epochs) for i in range(n) for name, length in lengths.items()}
+    for backend in BACKENDS:
+        summer = make_summer(backend, n_clients=n)
+        one = summer.sum_many("flat", epochs[0][1], lambda i, name: data[(0, i, name)])
+        session = summer.open_session("model", epochs)
+        outs = [session.sum_epoch(e, lambda i, name, e=e: data[(e, i, name)]) for e in range(2)]
+        for e, (_, lengths) in enumerate(epochs):
+            for name in lengths:
+                want = np.sum([data[(e, i, name)] for i in range(n)], axis=0, dtype=np.int64)
+                np.testing.assert_array_equal(outs[e][name], want)
+                if e == 0:
+                    np.testing.assert_array_equal(one[name], want)
+        assert summer.stats()["entries"] == 2 * 337 + 37
+        with pytest.raises(ValueError, match="out of order"):
+            session.sum_epoch(0, lambda i, name: data[(0, i, name)])
+        with pytest.raises(ValueError, match="no matrix"):
+            summer.open_session("bad", [("x", {})])

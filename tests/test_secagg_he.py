@@ -1,39 +1,47 @@
-"""Backend "he" (TenSEAL BFV with a separate key holder): exact packed sums, trust split, wire size."""
+"""Backend "he" (TenSEAL BFV, separate key holder): exact packed sums, wire size, and the active-server attacks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from secprune.secagg import make_summer
-from secprune.secagg.errors import ProtocolError
-from secprune.secagg.he import (
-    HEClient,
-    HEConfig,
-    HEServer,
-    KeyHolder,
-    batching_prime,
-    decode_slots,
-    encode_slots,
-    slot_packing,
-)
-from secprune.secagg.messages import HEADER, SERVER, MsgType, decode, encode
+from secprune.secagg.crypto import public_bytes
+from secprune.secagg.errors import ProtocolError, SecAggAbortError
+from secprune.secagg.he import HEClient, HEConfig, HEServer, KeyHolder
+from secprune.secagg.he_packing import batching_prime, decode_slots, encode_slots, slot_packing, uniform_mod
+from secprune.secagg.identity import IdentityKey, KeyDirectory
+from secprune.secagg.messages import HEADER, KEY_HOLDER, SERVER, MsgType, decode, encode
 
 pytest.importorskip("tenseal")
 
 
+class Parties:
+    """A key holder, a server and n clients for manual rounds."""
+
+    def __init__(self, n, *, threshold=None):
+        self.ids = {i: IdentityKey.generate() for i in (*range(n), KEY_HOLDER)}
+        self.directory = KeyDirectory({i: k.public for i, k in self.ids.items()})
+        self.holder = KeyHolder(identity=self.ids[KEY_HOLDER], directory=self.directory,
+                                threshold=threshold if threshold is not None else -(-2 * n // 3))
+        self.context = self.holder.public_context()
+        _, payload = decode(self.context, expect=MsgType.HE_CONTEXT, round_id=0, receiver=SERVER)
+        self.clients = [HEClient(i, encode(MsgType.HE_CONTEXT, round_id=0, sender=SERVER, receiver=i, payload=payload),
+                                 identity=self.ids[i], directory=self.directory) for i in range(n)]
+        self.server_sk = X25519PrivateKey.generate()
+        self.n = n
+
+    def round(self, length, round_id=3, max_value=1):
+        cfg = HEConfig(round_id=round_id, n_clients=self.n, length=length, max_value=max_value,
+                       plain_modulus=self.holder.plain_modulus, poly_modulus_degree=self.holder.poly_modulus_degree,
+                       server_key=public_bytes(self.server_sk))
+        return cfg, HEServer(cfg, self.context, directory=self.directory, server_key=self.server_sk)
+
+
 @pytest.fixture(scope="module")
-def holder():
-    return KeyHolder(poly_modulus_degree=4096, plain_modulus_bits=40)
-
-
-def _parties(holder, *, n, length, round_id=3, max_value=1):
-    _, pub = decode(holder.public_context(), expect=MsgType.HE_CONTEXT, round_id=0, receiver=SERVER)
-    cfg = HEConfig(round_id=round_id, n_clients=n, length=length, max_value=max_value,
-                   plain_modulus=holder.plain_modulus, poly_modulus_degree=holder.poly_modulus_degree)
-    clients = [HEClient(i, encode(MsgType.HE_CONTEXT, round_id=0, sender=SERVER, receiver=i, payload=pub))
-               for i in range(n)]
-    return cfg, clients, HEServer(cfg, pub)
+def parties():
+    return Parties(3)
 
 
 def test_batching_prime_and_packing():
@@ -54,6 +62,14 @@ def test_slot_encoding_roundtrip_and_additivity(length, per_slot):
     np.testing.assert_array_equal(decode_slots(sa + sb, base=base, per_slot=per_slot, n=length), a + b)
 
 
+def test_uniform_masks_are_reproducible_and_uniform():
+    t = batching_prime(bits=20, poly_modulus_degree=4096)
+    a = uniform_mod(b"k" * 32, count=50_000, modulus=t)
+    np.testing.assert_array_equal(a, uniform_mod(b"k" * 32, count=50_000, modulus=t))
+    assert a.max() < t and 0.48 < (a < t // 2).mean() < 0.52
+    assert not np.array_equal(a[:100], uniform_mod(b"j" * 32, count=100, modulus=t))
+
+
 @pytest.mark.parametrize("n, length, max_value", [
     (3, 1, 1), (4, 4096 * 12, 1), (5, 4096 * 10 + 1, 1), (64, 2000, 1), (3, 777, 1000), (2, 50, 2**19),
 ])
@@ -72,12 +88,32 @@ def test_he_sum_is_exact_including_packing_edges(n, length, max_value):
     np.testing.assert_array_equal(summer.sum("again", vectors), out)
 
 
-def test_server_cannot_decrypt_and_clients_get_no_secret_key(holder):
-    cfg, clients, server = _parties(holder, n=2, length=10)
-    assert not server._ctx.is_private() and not clients[0]._ctx.is_private()
-    server.receive(clients[0].encrypt(cfg, np.ones(10, np.uint8)))
+def test_server_cannot_decrypt_and_clients_get_no_secret_key(parties):
+    cfg, server = parties.round(10)
+    assert not server._ctx.is_private() and not parties.clients[0]._ctx.is_private()
+    import tenseal as ts
+
+    msg = parties.clients[0].encrypt(cfg, np.ones(10, np.uint8))
+    server.receive(msg)
+    body = decode(msg, expect=MsgType.HE_CIPHERTEXTS, round_id=cfg.round_id)[1][:-64]
+    ct = ts.bfv_vector_from(server._ctx, body[32 + 8 + 1 + 8 + 4 + 4:])
     with pytest.raises(ValueError, match="secret"):
-        server._acc[0].decrypt()
+        ct.decrypt()
+
+
+def test_key_holder_sees_only_masked_uploads():
+    """The key holder decrypts one forwarded upload with its own secret key: the slots are uniform on Z_t,
+    not the packed 0/1 vector (whose slots all lie below B^P = 65^6, 1/15 of Z_t)."""
+    p = Parties(64)
+    cfg, server = p.round(4096 * 6)
+    msg = p.clients[0].encrypt(cfg, np.zeros(4096 * 6, np.uint8))
+    body = decode(msg, expect=MsgType.HE_CIPHERTEXTS, round_id=cfg.round_id)[1][:-64]
+    import tenseal as ts
+
+    ct = ts.bfv_vector_from(p.holder._ctx, body[32 + 8 + 1 + 8 + 4 + 4:])
+    slots = np.mod(np.asarray(ct.decrypt(), np.int64), p.holder.plain_modulus)
+    assert not (slots == 0).all()  # the plaintext was all zeros
+    assert 0.03 < (slots < 65**6).mean() < 0.12 and 0.45 < (slots < p.holder.plain_modulus // 2).mean() < 0.55
 
 
 def test_key_holder_is_a_separate_party_in_the_byte_log():
@@ -100,30 +136,174 @@ def test_he_wire_is_under_40_bits_per_entry():
     assert 8 * upload / length < 40
 
 
-def test_he_rejects_replay_other_round_and_garbage(holder):
-    cfg, clients, server = _parties(holder, n=2, length=100, round_id=5)
-    msg = clients[0].encrypt(cfg, np.ones(100, np.uint8))
-    server.receive(msg)
-    with pytest.raises(ProtocolError, match="replayed"):
-        server.receive(msg)
-    other_cfg, other_clients, _ = _parties(holder, n=2, length=100, round_id=6)
+# -- attacks ----------------------------------------------------------------------------------------------------
+
+def _forward(cfg, message):
+    return encode(MsgType.HE_FORWARD, round_id=cfg.round_id, sender=SERVER, receiver=KEY_HOLDER, payload=message)
+
+
+def _decrypt_request(cfg, ids):
+    return encode(MsgType.HE_DECRYPT, round_id=cfg.round_id, sender=SERVER, receiver=KEY_HOLDER,
+                  payload=len(ids).to_bytes(4, "big") + b"".join(i.to_bytes(4, "big") for i in ids))
+
+
+def test_key_holder_refuses_to_decrypt_a_single_upload_passed_off_as_the_aggregate():
+    p = Parties(3)  # t = 2
+    cfg, _ = p.round(50, round_id=11)
+    victim = p.clients[0].encrypt(cfg, np.ones(50, np.uint8))
+    p.holder.receive_upload(cfg, _forward(cfg, victim))
+    with pytest.raises(SecAggAbortError, match="only 1 signed uploads in this round, fewer than t=2; refused"):
+        p.holder.decrypt(cfg, _decrypt_request(cfg, [0]))
+    with pytest.raises(ProtocolError, match=r"asked to decrypt the sum of clients \[0, 1\], but it added .*\[0\]"):
+        p.holder.decrypt(cfg, _decrypt_request(cfg, [0, 1]))  # claims an upload it never forwarded
+    with pytest.raises(ProtocolError, match="forwarded twice"):
+        p.holder.receive_upload(cfg, _forward(cfg, victim))  # the same upload counted twice
+
+
+def test_key_holder_refuses_unsigned_relabelled_or_other_round_uploads():
+    p = Parties(3)
+    cfg, _ = p.round(50, round_id=12)
+    upload = p.clients[1].encrypt(cfg, np.ones(50, np.uint8))
+    relabelled = bytearray(upload)
+    relabelled[12:16] = (2).to_bytes(4, "big")
+    with pytest.raises(ProtocolError, match="claiming to be from client 2 are not signed by its pinned key"):
+        p.holder.receive_upload(cfg, _forward(cfg, bytes(relabelled)))
+    forged = upload[:-64] + IdentityKey.generate().sign(b"anything")  # the server's own signature
+    with pytest.raises(ProtocolError, match="not signed by its pinned key"):
+        p.holder.receive_upload(cfg, _forward(cfg, forged))
+    other, _ = p.round(50, round_id=13)
     with pytest.raises(ProtocolError, match="round"):
-        server.receive(other_clients[1].encrypt(other_cfg, np.ones(100, np.uint8)))
-    bad = bytearray(clients[1].encrypt(cfg, np.ones(100, np.uint8)))
-    bad[HEADER.size + 8 + 1 + 8 + 4 + 4: HEADER.size + 8 + 1 + 8 + 4 + 4 + 16] = b"\xff" * 16
-    with pytest.raises(ProtocolError, match="not a valid BFV ciphertext"):
-        server.receive(bytes(bad))
-    wrong_len = HEConfig(round_id=5, n_clients=2, length=99, max_value=1, plain_modulus=holder.plain_modulus,
-                         poly_modulus_degree=4096)
-    with pytest.raises(ProtocolError, match="n=99"):
-        server.receive(clients[1].encrypt(wrong_len, np.ones(99, np.uint8)))
+        p.holder.receive_upload(other, _forward(other, upload))
 
 
-def test_he_dropouts_and_bad_options():
-    vectors = [np.ones(10, np.uint8)] * 4
+def test_key_holder_decrypts_each_round_once_and_uses_its_own_threshold():
+    p = Parties(4, threshold=3)
+    cfg, server = p.round(20, round_id=21)
+    for c in p.clients[:3]:
+        p.holder.receive_upload(cfg, server.receive(c.encrypt(cfg, np.ones(20, np.uint8))))
+    result = p.holder.decrypt(cfg, server.decrypt_request())
+    np.testing.assert_array_equal(server.result(result), np.full(20, 3))
+    with pytest.raises(ProtocolError, match="already decrypted"):
+        p.holder.decrypt(cfg, server.decrypt_request.__self__ and _decrypt_request(cfg, [0, 1, 2]))
+    assert p.holder.threshold == 3  # not taken from any server message
+
+
+def _signed_upload(parties, cfg, sender, cts):
+    from secprune.secagg.he import _upload_message
+
+    base, per_slot = cfg.packing
+    payload = (bytes(32) + base.to_bytes(8, "big") + bytes([per_slot]) + cfg.length.to_bytes(8, "big")
+               + len(cts).to_bytes(4, "big") + b"".join(len(c).to_bytes(4, "big") + c for c in cts))
+    msg = encode(MsgType.HE_CIPHERTEXTS, round_id=cfg.round_id, sender=sender, receiver=SERVER, payload=payload)
+    return msg + parties.ids[sender].sign(_upload_message(msg))  # a malicious client signs its own upload
+
+
+def test_server_receive_is_atomic_and_names_the_sender_of_a_malformed_upload(parties):
+    import tenseal as ts
+
+    cfg, server = parties.round(4096 * 20 + 5)  # P = 20 entries per slot: two ciphertexts per upload
+    assert len(cfg.slot_counts()) == 2
+    first = ts.bfv_vector(parties.clients[1]._ctx, [0] * 4096).serialize()
+    bad = _signed_upload(parties, cfg, 1, [first, b"\xff" * 64])
+    with pytest.raises(ProtocolError, match="ciphertext 1 from client 1 is not a valid BFV ciphertext"):
+        server.receive(bad)
+    with pytest.raises(ProtocolError, match="ciphertext 1 from client 1 is not a valid BFV ciphertext"):
+        parties.holder.receive_upload(cfg, _forward(cfg, bad))
+    assert server.uploaded == [] and parties.holder._added == []  # nothing half-added
+    tampered = bytearray(parties.clients[1].encrypt(cfg, np.ones(cfg.length, np.uint8)))
+    tampered[-100] ^= 1
+    with pytest.raises(ProtocolError, match="client 1 are not signed"):  # in transit: the signature breaks
+        server.receive(bytes(tampered))
+    server.receive(parties.clients[1].encrypt(cfg, np.ones(cfg.length, np.uint8)))  # the genuine one is accepted
+    assert server.uploaded == [1]
+
+
+def test_wrong_slot_count_first_upload_is_rejected_and_honest_uploads_still_sum(parties):
+    import tenseal as ts
+
+    cfg, server = parties.round(4096 * 20 + 5, round_id=31)
+    ctx = parties.clients[0]._ctx
+    msg = _signed_upload(parties, cfg, 0, [ts.bfv_vector(ctx, [1] * 7).serialize(),
+                                           ts.bfv_vector(ctx, [1]).serialize()])
+    with pytest.raises(ProtocolError, match="ciphertext 0 from client 0 has 7 slots, expected 4096"):
+        server.receive(msg)
+    with pytest.raises(ProtocolError, match="client 0 sent 1 ciphertexts, expected 2"):
+        server.receive(_signed_upload(parties, cfg, 0, [ts.bfv_vector(ctx, [1] * 4096).serialize()]))
+    vectors = [np.random.default_rng(i).integers(0, 2, cfg.length).astype(np.uint8) for i in range(3)]
+    for c in parties.clients:
+        parties.holder.receive_upload(cfg, server.receive(c.encrypt(cfg, vectors[c.id])))
+    result = parties.holder.decrypt(cfg, server.decrypt_request())
+    np.testing.assert_array_equal(server.result(result), np.sum(vectors, axis=0))
+
+
+def test_malformed_ciphertext_is_named(parties):
+    from secprune.secagg.he import _upload_message
+
+    cfg, server = parties.round(30)
+    payload = bytearray(parties.clients[2].encrypt(cfg, np.ones(30, np.uint8))[HEADER.size:-64])
+    start = 32 + 17 + 4 + 4
+    payload[start:start + 16] = b"\xff" * 16
+    msg = encode(MsgType.HE_CIPHERTEXTS, round_id=cfg.round_id, sender=2, receiver=SERVER, payload=bytes(payload))
+    msg += parties.ids[2].sign(_upload_message(msg))
+    with pytest.raises(ProtocolError, match="ciphertext 0 from client 2 is not a valid BFV ciphertext"):
+        server.receive(msg)
+
+
+def test_clients_range_check_and_refuse_a_substituted_context(parties):
+    cfg, _ = parties.round(10)
+    with pytest.raises(ValueError, match=r"client 0: entries must lie in \[0, 1\]"):
+        parties.clients[0].encrypt(cfg, np.full(10, 2, np.uint8))
+    with pytest.raises(ValueError, match="client 0: expected a flat vector of 10"):
+        parties.clients[0].encrypt(cfg, np.ones(11, np.uint8))
+    import tenseal as ts
+
+    rogue = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=4096, plain_modulus=parties.holder.plain_modulus)
+    data = rogue.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False,
+                           save_relin_keys=False)
+    fake = encode(MsgType.HE_CONTEXT, round_id=0, sender=SERVER, receiver=0,
+                  payload=data + IdentityKey.generate().sign(b"x"))
+    with pytest.raises(ProtocolError, match="client 0: the HE context is not signed by the pinned key holder"):
+        HEClient(0, fake, identity=parties.ids[0], directory=parties.directory)
+
+
+def test_out_of_range_sum_is_refused_by_the_server():
+    """A malicious client encrypts slot values above B^P: the unmasked sum is out of range and refused."""
+    p = Parties(3)
+    cfg, server = p.round(12)
+    real = p.clients[0].encrypt
+
+    import secprune.secagg.he as he
+
+    original = he.encode_slots
+    he.encode_slots = lambda v, base, per_slot: original(v, base=base, per_slot=per_slot) + base ** per_slot
+    try:
+        evil = real(cfg, np.ones(12, np.uint8))
+    finally:
+        he.encode_slots = original
+    p.holder.receive_upload(cfg, server.receive(evil))
+    for c in p.clients[1:]:
+        p.holder.receive_upload(cfg, server.receive(c.encrypt(cfg, np.ones(12, np.uint8))))
+    with pytest.raises(ProtocolError, match=r"outside \[0, 3\].*result refused"):
+        server.result(p.holder.decrypt(cfg, server.decrypt_request()))
+
+
+def test_late_upload_is_rejected_and_dropouts_and_bad_options(parties):
+    cfg, server = parties.round(10, round_id=32)
+    uploads = [c.encrypt(cfg, np.ones(10, np.uint8)) for c in parties.clients]
+    for u in uploads[:2]:
+        parties.holder.receive_upload(cfg, server.receive(u))
+    with pytest.raises(ProtocolError, match="replayed"):
+        server.receive(uploads[0])
+    request = server.decrypt_request()
+    with pytest.raises(ProtocolError, match="after the upload closed"):
+        server.receive(uploads[2])
+    np.testing.assert_array_equal(server.result(parties.holder.decrypt(cfg, request)), np.full(10, 2))
+
     summer = make_summer("he", n_clients=4, dropouts={"upload": [2]})
-    np.testing.assert_array_equal(summer.sum("a", vectors), np.full(10, 3))
+    np.testing.assert_array_equal(summer.sum("a", [np.ones(10, np.uint8)] * 4), np.full(10, 3))
     assert summer.last_survivors == [0, 1, 3]
+    with pytest.raises(SecAggAbortError, match="fewer than t=3"):
+        make_summer("he", n_clients=4, dropouts={"upload": [1, 2]}).sum("a", [np.ones(10, np.uint8)] * 4)
     with pytest.raises(ValueError, match="poly_modulus_degree"):
         make_summer("he", n_clients=4, poly_modulus_degree=1000)
     with pytest.raises(ValueError, match="plain_modulus_bits"):
@@ -132,17 +312,3 @@ def test_he_dropouts_and_bad_options():
         make_summer("he", n_clients=4, dropouts={"unmask": [1]})
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         make_summer("he", n_clients=4).sum("a", [np.full(10, 2, np.uint8)] * 4)
-
-
-def test_key_holder_rejects_out_of_range_aggregate(holder):
-    import tenseal as ts
-
-    from secprune.secagg.he import _ciphertexts_payload
-    from secprune.secagg.messages import KEY_HOLDER
-
-    cfg, clients, server = _parties(holder, n=2, length=12)
-    evil = ts.bfv_vector(clients[0]._ctx, [holder.plain_modulus - 1]).serialize()  # digits >= B
-    msg = encode(MsgType.HE_CIPHERTEXTS, round_id=cfg.round_id, sender=SERVER, receiver=KEY_HOLDER,
-                 payload=_ciphertexts_payload(cfg, [evil]))
-    with pytest.raises(ProtocolError, match="out of range"):
-        holder.decrypt(cfg, msg)

@@ -49,6 +49,20 @@ def test_prg_is_deterministic_and_chunk_independent(cipher):
     assert not np.array_equal(big.expand(key, 64, np.uint8), big.expand(os.urandom(32), 64, np.uint8))
 
 
+@pytest.mark.parametrize("cipher", ["aes-ctr", "chacha20"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint64])
+def test_prg_offsets_address_one_stream(cipher, dtype):
+    key = os.urandom(32)
+    full = MaskPRG(cipher=cipher).expand(key, 3000, dtype)
+    small = MaskPRG(cipher=cipher, chunk_bytes=128)
+    for offset in (0, 1, 7, 63, 64, 100, 1001):
+        np.testing.assert_array_equal(small.expand(key, 500, dtype, offset=offset), full[offset:offset + 500])
+    acc = np.zeros(3000, dtype)
+    for start in range(0, 3000, 700):  # chunk by chunk, as a streaming client masks its upload
+        small.add(acc[start:start + 700], key, offset=start)
+    np.testing.assert_array_equal(acc, full)
+
+
 def test_prg_rejects_bad_arguments():
     with pytest.raises(ValueError, match="cipher"):
         MaskPRG(cipher="rc4")
@@ -56,17 +70,49 @@ def test_prg_rejects_bad_arguments():
         MaskPRG().expand(b"short", 4, np.uint8)
 
 
-def test_shamir_threshold_recovers_and_validates():
-    secret = os.urandom(32)
-    shares = shamir.split(secret, threshold=3, n_shares=5)
-    assert [x for x, _ in shares] == [1, 2, 3, 4, 5] and all(len(y) == 32 for _, y in shares)
-    assert shamir.combine(shares[2:]) == secret
-    assert shamir.combine([shares[0], shares[4], shares[2]]) == secret
-    assert shamir.combine(shares[:2]) != secret  # below threshold: a different value
+def _lagrange_reference(points, p):
+    """f(0) by textbook Lagrange interpolation with Python integers (independent of the vectorised code)."""
+    total = 0
+    for j, (xj, yj) in enumerate(points):
+        num = den = 1
+        for m, (xm, _) in enumerate(points):
+            if m != j:
+                num, den = num * xm % p, den * (xm - xj) % p
+        total = (total + yj * num * pow(den, p - 2, p)) % p
+    return total
+
+
+def test_shamir_threshold_recovers_any_t_shares_and_matches_textbook_interpolation():
+    secrets = [os.urandom(16) for _ in range(6)]
+    xs = [1, 2, 5, 9, 40, 201]
+    shares = shamir.split(secrets, threshold=4, xs=xs)
+    assert shares.shape == (6, 6, shamir.LIMBS) and (shares < shamir.P).all()
+    for pick in ([0, 1, 2, 3], [5, 3, 1, 0], [2, 3, 4, 5]):
+        got = shamir.combine(xs=[xs[i] for i in pick], shares=shares[pick])
+        assert [bytes(r) for r in got] == secrets
+    limbs = shamir._to_limbs(np.frombuffer(secrets[0], np.uint8).reshape(1, 16))[0]
+    for limb in range(shamir.LIMBS):  # every limb is an independent polynomial evaluated at the xs
+        pts = [(xs[i], int(shares[i, 0, limb])) for i in (0, 2, 4, 5)]
+        assert _lagrange_reference(pts, shamir.P) == int(limbs[limb])
+    assert int.from_bytes(secrets[0], "little") == sum(int(v) << (30 * i) for i, v in enumerate(limbs))
+
+
+def test_shamir_below_threshold_reveals_nothing_and_bad_input_is_refused():
+    secret = [bytes(16)]  # all-zero secret: t-1 shares must still look uniform
+    rows = np.stack([shamir.split(secret, threshold=3, xs=[1, 2, 3])[:2, 0] for _ in range(400)])
+    values = rows.reshape(-1)
+    assert 0.45 < (values < shamir.P // 2).mean() < 0.55  # uniform on GF(p), not clustered near 0
+    shares = shamir.split([os.urandom(16)], threshold=3, xs=[1, 2, 3])
+    with pytest.raises(ValueError):  # 2 shares of a 3-of-3 sharing give random limbs, not a 16-byte secret
+        shamir.combine(xs=[1, 2], shares=shares[:2])
     with pytest.raises(ValueError, match="threshold"):
-        shamir.split(secret, threshold=6, n_shares=5)
-    with pytest.raises(ValueError, match="secret"):
-        shamir.split(b"abc", threshold=1, n_shares=2)
+        shamir.split([os.urandom(16)], threshold=4, xs=[1, 2, 3])
+    with pytest.raises(ValueError, match="xs"):
+        shamir.split([os.urandom(16)], threshold=1, xs=[1, 1])
+    with pytest.raises(ValueError, match="secrets"):
+        shamir.split(np.zeros((2, 15), np.uint8), threshold=1, xs=[1])
+    data = shamir.shares_to_bytes(shares[0])
+    assert len(data) == shamir.SHARE_BYTES and np.array_equal(shamir.shares_from_bytes(data, 1), shares[0])
 
 
 @pytest.mark.parametrize("n, k", [(10, 4), (10, 3), (64, 8), (64, "log"), (5, None), (8, 7)])

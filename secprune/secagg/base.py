@@ -1,15 +1,18 @@
 """The contract every secure-summation backend fulfils.
 
-The pruning pipeline calls ``summer.sum(key, vectors)`` once per prunable matrix (layer by layer, so
-memory stays near one layer's vectors). ``vectors[i]`` is client ``i``'s flattened non-negative integer
+``summer.sum(key, vectors)`` sums one matrix: ``vectors[i]`` is client ``i``'s flattened non-negative integer
 vector (a 0/1 mask, or fixed-point weights for FedSpaLLM); the result is their exact element-wise sum as
-int64. ``bytes_log`` counts real serialized bytes sent and received per party and round.
+int64.  ``summer.sum_many(key, lengths, vector)`` sums many matrices in one session (one key agreement for
+a whole model); ``summer.open_session(key, epochs)`` opens one session for several epochs that are summed one
+after another (iterative FedPrLLM: one epoch per decoder layer).  There ``vector(i, name)`` is read lazily,
+one matrix at a time, by client ``i`` itself.  ``log`` counts real serialized bytes sent and received per
+party and session.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,8 +57,70 @@ class ByteLog:
                           for k, v in summary["per_round"].items()}
 
 
+VectorSource = Callable[[int, str], np.ndarray]  # (client, matrix name) -> that client's flat vector
+Epochs = Sequence[tuple[str, Mapping[str, int]]]  # (epoch key, {matrix name: entries}) in summing order
+
+
+def check_layout(epochs: Epochs) -> list[tuple[str, dict[str, int]]]:
+    """Validate a session layout: at least one epoch, non-empty str names, non-negative int lengths."""
+    out = []
+    for key, lengths in epochs:
+        if not isinstance(key, str):
+            raise ValueError(f"epoch key: expected a str, got {type(key).__name__}")
+        lengths = dict(lengths)
+        if not lengths:
+            raise ValueError(f"epoch {key!r}: no matrix to sum")
+        for name, length in lengths.items():
+            if not isinstance(name, str) or isinstance(length, bool) or not isinstance(length, (int, np.integer)) \
+                    or length < 0:
+                raise ValueError(f"epoch {key!r}: expected str names and int lengths >= 0, got {name!r}: {length!r}")
+        out.append((key, {name: int(length) for name, length in lengths.items()}))
+    if not out:
+        raise ValueError("epochs: expected at least one epoch")
+    return out
+
+
+def check_vector(vector, *, length: int, max_value: int, who: str) -> np.ndarray:
+    """``vector`` as an array after checking its shape, dtype and range (raises ``ValueError``)."""
+    v = np.asarray(vector)
+    if v.ndim != 1 or v.size != length:
+        raise ValueError(f"{who}: expected a flat vector of {length} entries, got shape {v.shape}")
+    if not np.issubdtype(v.dtype, np.integer) and v.dtype != np.bool_:
+        raise ValueError(f"{who}: expected an integer or bool vector, got dtype {v.dtype}")
+    if v.size and (int(v.min()) < 0 or int(v.max()) > max_value):
+        raise ValueError(f"{who}: entries must lie in [0, {max_value}]")
+    return v
+
+
+class Session:
+    """One session of a backend: ``sum_epoch(e, vector)`` for e = 0, 1, ... in order.
+
+    The default implementation (plaintext and HE backends) runs ``summer._sum_matrix`` per matrix.
+    """
+
+    def __init__(self, summer: SecureSum, key: str, epochs: list[tuple[str, dict[str, int]]]) -> None:
+        self.summer, self.key, self.epochs = summer, key, epochs
+        self.next_epoch = 0
+
+    def _start(self, epoch: int) -> None:
+        if epoch != self.next_epoch:
+            raise ValueError(f"session {self.key!r}: epoch {epoch} summed out of order (next is {self.next_epoch})")
+        self.next_epoch += 1
+        self.summer._account(self.epochs[epoch][1])
+
+    def sum_epoch(self, epoch: int, vector: VectorSource) -> dict[str, np.ndarray]:
+        self._start(epoch)
+        s = self.summer
+        out = {}
+        for name, length in self.epochs[epoch][1].items():
+            vectors = [check_vector(vector(i, name), length=length, max_value=s.max_value,
+                                    who=f"client {i}: {name}") for i in range(s.n_clients)]
+            out[name] = s._sum_matrix(name, vectors)
+        return out
+
+
 class SecureSum:
-    """Base class: subclasses implement ``_sum``; ``sum`` validates inputs first."""
+    """Base class: subclasses implement ``_sum_matrix`` (one matrix) or their own :class:`Session`."""
 
     name = "base"
 
@@ -69,26 +134,43 @@ class SecureSum:
         self.entries = 0  # entries per client summed so far (all rounds)
 
     def sum(self, key: str, vectors: Sequence[np.ndarray]) -> np.ndarray:
+        """The exact element-wise sum of one matrix; every vector is checked before anything is sent."""
         if not isinstance(key, str):
             raise ValueError(f"key: expected a str naming the round (layer), got {type(key).__name__}")
         vectors = [np.asarray(v) for v in vectors]
         if len(vectors) != self.n_clients:
             raise ValueError(f"expected {self.n_clients} client vectors, got {len(vectors)}")
         n = vectors[0].size
-        for i, v in enumerate(vectors):
-            if v.ndim != 1 or v.size != n:
-                raise ValueError(f"client {i}: expected a flat vector of {n} entries, got shape {v.shape}")
-            if not np.issubdtype(v.dtype, np.integer) and v.dtype != np.bool_:
-                raise ValueError(f"client {i}: expected an integer or bool vector, got dtype {v.dtype}")
-            if v.size and (int(v.min()) < 0 or int(v.max()) > self.max_value):
-                raise ValueError(f"client {i}: entries must lie in [0, {self.max_value}]")
-        self.log.start_round(key)
-        bits_per_entry = max(1, int(self.max_value).bit_length())
-        self.plaintext_bytes += self.n_clients * ((n * bits_per_entry + 7) // 8)
-        self.entries += n
-        return self._sum(key, [np.asarray(v) for v in vectors])
+        vectors = [check_vector(v, length=n, max_value=self.max_value, who=f"client {i}")
+                   for i, v in enumerate(vectors)]
+        return self.sum_many(key, {key: n}, lambda i, _name: vectors[i])[key]
 
-    def _sum(self, key: str, vectors: list[np.ndarray]) -> np.ndarray:
+    def sum_many(self, key: str, lengths: Mapping[str, int], vector: VectorSource) -> dict[str, np.ndarray]:
+        """The sums of every matrix in ``lengths`` ({name: entries}) in one session and one epoch.
+
+        ``vector(i, name)`` is client ``i``'s flat vector of matrix ``name``, read once, lazily.
+        """
+        return self.open_session(key, [(key, lengths)]).sum_epoch(0, vector)
+
+    def open_session(self, key: str, epochs: Epochs) -> Session:
+        """One session (one setup) for ``epochs`` = [(epoch key, {name: entries}), ...], summed in order."""
+        if not isinstance(key, str):
+            raise ValueError(f"key: expected a str naming the session, got {type(key).__name__}")
+        layout = check_layout(epochs)
+        self.log.start_round(key)
+        return self._session(key, layout)
+
+    def _session(self, key: str, epochs: list[tuple[str, dict[str, int]]]) -> Session:
+        return Session(self, key, epochs)
+
+    def _account(self, lengths: Mapping[str, int]) -> None:
+        """Entries and plaintext-equivalent bytes of one epoch (for ``stats``)."""
+        bits_per_entry = max(1, int(self.max_value).bit_length())
+        for n in lengths.values():
+            self.plaintext_bytes += self.n_clients * ((n * bits_per_entry + 7) // 8)
+            self.entries += n
+
+    def _sum_matrix(self, key: str, vectors: list[np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
     def accounting(self) -> dict:

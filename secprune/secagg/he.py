@@ -1,44 +1,50 @@
 """Backend "he": additively homomorphic summation with BFV (Brakerski 2012; Fan & Vercauteren 2012) in
-TenSEAL (Benaissa et al. 2021, over Microsoft SEAL).
+TenSEAL (Benaissa et al. 2021, over Microsoft SEAL), hardened against an active server.
 
-Parties: a *key holder* generates the BFV key pair and publishes a public context (no secret key); the
-clients encrypt their vectors under it; the server adds ciphertexts and sends only the aggregate to the key
-holder, who decrypts and returns the plaintext sum.  The server never holds the secret key; the key holder
-never sees an individual ciphertext.  Trust model: the key holder must not collude with the server
-(together they decrypt any single client's upload).  See docs/secagg.md.
+Parties, each a state machine over ``bytes``:
 
-Packing: with B = n * max_value + 1 (so a sum of n entries never reaches B) and plain modulus t, each of
-the N batching slots carries P = max{p : B^p <= t} entries as the digits of slot = sum_j c_j B^j (Horner).
-Adding n such slots adds digit-wise without carries and stays below B^P <= t, so the plaintext never wraps
-and decoding the base-B digits is exact.  With t ~ 2^40 and n = 64, P = 6 entries ride in one slot.
+* the **key holder** generates the BFV keys and publishes the public context, signed with its long-term key
+  (clients refuse a context the server made up);
+* a **client** checks its vector (shape, entries in [0, max_value]), packs it (:mod:`he_packing`), adds a
+  mask m_i uniform on Z_t that only it and the server can derive, encrypts, and signs the upload;
+* the **server** checks each upload's signature and every ciphertext (parses, slot count) before accepting it
+  (atomic: a bad upload changes nothing and names its sender), and forwards the accepted uploads unchanged;
+* the key holder checks the signatures again and adds the uploads itself; it decrypts only when the server
+  asks for exactly the set it added and that set has at least t distinct signed uploads of this round (its
+  own t, not the server's), so forwarding one client's ciphertext as "the aggregate" decrypts nothing;
+* the server removes sum_i m_i and refuses a sum outside [0, |S| * max_value] (digits of a slot >= B, or an
+  entry above the number of summed clients).
+
+The key holder sees masked uploads only; the server sees ciphertexts only.  Together they learn every input
+(the trust split is the same as before).  See docs/secagg.md.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from secprune.secagg.base import SecureSum
+from secprune.secagg.base import SecureSum, check_vector
+from secprune.secagg.crypto import public_bytes
 from secprune.secagg.errors import ProtocolError, SecAggAbortError
-from secprune.secagg.messages import (
-    KEY_HOLDER,
-    SERVER,
-    MsgType,
-    Reader,
-    ReplayGuard,
-    decode,
-    encode,
-    party_name,
-)
-from secprune.secagg.ring import pack, packed_size, ring_bits, unpack
+from secprune.secagg.he_packing import batching_prime, decode_slots, encode_slots, slot_packing, uniform_mod
+from secprune.secagg.identity import IdentityKey, KeyDirectory
+from secprune.secagg.messages import KEY_HOLDER, SERVER, MsgType, Reader, decode, encode, party_name
+from secprune.secagg.params import he_threshold
+from secprune.secagg.prg import MaskPRG, derive_key
+from secprune.secagg.ring import pack, packed_size, unpack
 
-__all__ = ["HEConfig", "KeyHolder", "HEClient", "HEServer", "HESum", "batching_prime", "slot_packing"]
+__all__ = ["HEConfig", "KeyHolder", "HEClient", "HEServer", "HESum", "batching_prime", "slot_packing",
+           "encode_slots", "decode_slots"]
 
 _POLY_DEGREES = (4096, 8192, 16384, 32768)  # TenSEAL needs key switching: N >= 4096
+_LABEL = b"secprune/secagg/he/"
 
 
 def _ts():
@@ -47,58 +53,9 @@ def _ts():
     return tenseal
 
 
-def batching_prime(*, bits: int, poly_modulus_degree: int) -> int:
-    """Largest prime t < 2^bits with t = 1 mod 2N, so BFV batching gives N slots (cf. SEAL's
-    PlainModulus::Batching)."""
-    from Crypto.Util.number import isPrime
-
-    step = 2 * poly_modulus_degree
-    t = ((1 << bits) - 1) // step * step + 1
-    while t > step:
-        if isPrime(t):
-            return t
-        t -= step
-    raise ValueError(f"plain_modulus_bits: no batching prime below 2^{bits} for N={poly_modulus_degree}")
-
-
-def slot_packing(*, n_clients: int, max_value: int, plain_modulus: int) -> tuple[int, int]:
-    """(B, P): digit base B = n * max_value + 1 and the largest P with B^P <= plain_modulus."""
-    base = n_clients * max_value + 1
-    per_slot = 0
-    while base ** (per_slot + 1) <= plain_modulus and per_slot < 62:
-        per_slot += 1
-    if per_slot == 0:
-        raise ValueError(f"plain_modulus_bits: plain modulus {plain_modulus} cannot hold a sum of "
-                         f"{n_clients} entries <= {max_value}; raise plain_modulus_bits")
-    return base, per_slot
-
-
-def encode_slots(vector: np.ndarray, *, base: int, per_slot: int) -> np.ndarray:
-    """Entries -> int64 slots, ``per_slot`` base-``base`` digits each (entry j of a group is digit j)."""
-    n = vector.size
-    slots = -(-n // per_slot)
-    digits = np.zeros(slots * per_slot, np.int64)
-    digits[:n] = vector
-    digits = digits.reshape(slots, per_slot)
-    out = np.zeros(slots, np.int64)
-    for j in range(per_slot - 1, -1, -1):  # Horner: digit 0 is least significant
-        out *= base
-        out += digits[:, j]
-    return out
-
-
-def decode_slots(slots: np.ndarray, *, base: int, per_slot: int, n: int) -> np.ndarray:
-    """Inverse of :func:`encode_slots` (digit-wise, on the summed slots)."""
-    rest = slots.astype(np.int64, copy=True)
-    out = np.empty((rest.size, per_slot), np.int64)
-    for j in range(per_slot):
-        rest, out[:, j] = np.divmod(rest, base)
-    return out.ravel()[:n]
-
-
 @dataclass(frozen=True)
 class HEConfig:
-    """Public parameters of one round."""
+    """Public parameters of one round (one matrix)."""
 
     round_id: int
     n_clients: int
@@ -106,6 +63,7 @@ class HEConfig:
     max_value: int
     plain_modulus: int
     poly_modulus_degree: int
+    server_key: bytes = bytes(32)  # the server's X25519 key: clients derive their masks from it
 
     @property
     def packing(self) -> tuple[int, int]:
@@ -113,185 +71,275 @@ class HEConfig:
                             plain_modulus=self.plain_modulus)
 
     @property
+    def slots(self) -> int:
+        return -(-self.length // self.packing[1])
+
+    @property
     def n_ciphertexts(self) -> int:
-        _, per_slot = self.packing
-        slots = -(-self.length // per_slot)
-        return -(-slots // self.poly_modulus_degree)
+        return -(-self.slots // self.poly_modulus_degree)
+
+    def slot_counts(self) -> list[int]:
+        """Slots in each ciphertext: N, ..., N, rest."""
+        deg = self.poly_modulus_degree
+        return [min(deg, self.slots - i) for i in range(0, self.slots, deg)]
+
+    @property
+    def rid(self) -> bytes:
+        return self.round_id.to_bytes(8, "big")
 
 
-def _ciphertexts_payload(cfg: HEConfig, cts: Iterable[bytes]) -> bytes:
-    base, per_slot = cfg.packing
-    cts = list(cts)
-    body = b"".join(len(c).to_bytes(4, "big") + c for c in cts)
-    return (base.to_bytes(8, "big") + bytes([per_slot]) + cfg.length.to_bytes(8, "big")
-            + len(cts).to_bytes(4, "big") + body)
+def _mask_key(shared: bytes, cfg: HEConfig, client: int) -> bytes:
+    return derive_key(shared, info=_LABEL + b"mask" + cfg.rid + struct.pack(">I", client))
 
 
-def _read_ciphertexts(cfg: HEConfig, payload: bytes, who: str) -> list[bytes]:
-    r = Reader(payload)
-    base, per_slot, n = r.u64(), r.u8(), r.u64()
+def _upload_message(signed: bytes) -> bytes:
+    return _LABEL + b"upload" + hashlib.sha256(signed).digest()
+
+
+def _context_message(data: bytes) -> bytes:
+    return _LABEL + b"context" + hashlib.sha256(data).digest()
+
+
+def _parse_upload(cfg: HEConfig, message: bytes, ctx, directory: KeyDirectory, who: str) -> tuple[int, bytes, list]:
+    """(sender, c_pk, loaded ciphertexts) of a signed HE_CIPHERTEXTS message, all checked; else ProtocolError."""
+    header, payload = decode(message, expect=MsgType.HE_CIPHERTEXTS, round_id=cfg.round_id, receiver=SERVER)
+    u = header.sender
+    if u >= cfg.n_clients:
+        raise ProtocolError(f"{who}: ciphertexts from unknown {party_name(u)}")
+    if len(payload) < 64 or not directory.verify(u, _upload_message(message[:-64]), payload[-64:]):
+        raise ProtocolError(f"{who}: ciphertexts claiming to be from client {u} are not signed by its pinned key "
+                            f"(relabelled, tampered or forged); rejected")
+    r = Reader(payload[:-64])
+    c_pk, base, per_slot, n = r.take(32), r.u64(), r.u8(), r.u64()
     if (base, per_slot) != cfg.packing or n != cfg.length:
-        raise ProtocolError(f"{who}: packing (B={base}, P={per_slot}, n={n}) differs from the round's "
-                            f"(B, P)={cfg.packing}, n={cfg.length}")
+        raise ProtocolError(f"{who}: client {u}'s packing (B={base}, P={per_slot}, n={n}) differs from the "
+                            f"round's (B, P)={cfg.packing}, n={cfg.length}; rejected")
     count = r.u32()
     if count != cfg.n_ciphertexts:
-        raise ProtocolError(f"{who}: expected {cfg.n_ciphertexts} ciphertexts, got {count}")
-    out = [r.take(r.u32()) for _ in range(count)]
+        raise ProtocolError(f"{who}: client {u} sent {count} ciphertexts, expected {cfg.n_ciphertexts}; rejected")
+    cts = []
+    for i, slots in enumerate(cfg.slot_counts()):
+        data = r.take(r.u32())
+        try:
+            ct = _ts().bfv_vector_from(ctx, data)
+            size = ct.size()
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise ProtocolError(f"{who}: ciphertext {i} from client {u} is not a valid BFV ciphertext ({exc}); "
+                                f"upload rejected") from None
+        if size != slots:
+            raise ProtocolError(f"{who}: ciphertext {i} from client {u} has {size} slots, expected {slots}; "
+                                f"upload rejected")
+        cts.append(ct)
     r.done()
-    return out
-
-
-def _load(ctx, data: bytes, who: str):
-    try:
-        return _ts().bfv_vector_from(ctx, data)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise ProtocolError(f"{who}: not a valid BFV ciphertext ({exc})") from None
+    return u, c_pk, cts
 
 
 class KeyHolder:
-    """Holds the BFV secret key; publishes the public context and decrypts only aggregates."""
+    """Holds the BFV secret key; publishes the signed public context and decrypts only verified sums."""
 
-    def __init__(self, *, poly_modulus_degree: int = 4096, plain_modulus_bits: int = 40) -> None:
+    def __init__(self, *, identity: IdentityKey, directory: KeyDirectory, threshold: int,
+                 poly_modulus_degree: int = 4096, plain_modulus_bits: int = 40) -> None:
         if poly_modulus_degree not in _POLY_DEGREES:
             raise ValueError(f"poly_modulus_degree: expected one of {_POLY_DEGREES}, "
                              f"got {poly_modulus_degree}")
         if not 17 <= plain_modulus_bits <= 60:
             raise ValueError(f"plain_modulus_bits: expected 17..60, got {plain_modulus_bits}")
+        if directory.keys.get(KEY_HOLDER) != identity.public:
+            raise ValueError("key holder: its identity key is not the one pinned in the directory")
+        self.threshold = he_threshold(n_clients=directory.n_clients, threshold=threshold, flag_prefix="")
         ts = _ts()
         self.plain_modulus = batching_prime(bits=plain_modulus_bits, poly_modulus_degree=poly_modulus_degree)
         self.poly_modulus_degree = poly_modulus_degree
         self._ctx = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=poly_modulus_degree,
                                plain_modulus=self.plain_modulus)
-        self._guard: ReplayGuard | None = None
+        self._identity, self.directory = identity, directory
         self._round: int | None = None
+        self._sum: list | None = None
+        self._added: list[int] = []
+        self._done: set[int] = set()  # rounds already decrypted
 
-    def public_context(self, *, round_id: int = 0) -> bytes:
-        """HE_CONTEXT message: the serialized context with the public key only."""
+    def public_context(self) -> bytes:
+        """HE_CONTEXT: the serialized context with the public key only, signed by the key holder."""
         data = self._ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False,
                                    save_relin_keys=False)
-        return encode(MsgType.HE_CONTEXT, round_id=round_id, sender=KEY_HOLDER, receiver=SERVER, payload=data)
+        return encode(MsgType.HE_CONTEXT, round_id=0, sender=KEY_HOLDER, receiver=SERVER,
+                      payload=data + self._identity.sign(_context_message(data)))
+
+    def _check_cfg(self, cfg: HEConfig) -> None:
+        if (cfg.n_clients, cfg.plain_modulus, cfg.poly_modulus_degree) != (
+                self.directory.n_clients, self.plain_modulus, self.poly_modulus_degree):
+            raise ProtocolError("key holder: the round's parameters do not match the key directory and context")
+        if cfg.round_id in self._done:
+            raise ProtocolError(f"key holder: round {cfg.round_id:#018x} was already decrypted (replay)")
+        if self._round != cfg.round_id:
+            self._round, self._sum, self._added = cfg.round_id, None, []
+
+    def receive_upload(self, cfg: HEConfig, message: bytes) -> None:
+        """HE_FORWARD: one client's signed upload; checked, then added (atomically) to this round's sum."""
+        self._check_cfg(cfg)
+        header, inner = decode(message, expect=MsgType.HE_FORWARD, round_id=cfg.round_id, receiver=KEY_HOLDER)
+        if header.sender != SERVER:
+            raise ProtocolError(f"key holder: HE_FORWARD from {party_name(header.sender)}, not the server")
+        u, _, cts = _parse_upload(cfg, inner, self._ctx, self.directory, "key holder")
+        if u in self._added:
+            raise ProtocolError(f"key holder: client {u}'s upload forwarded twice (replay); rejected")
+        new = cts if self._sum is None else [a + c for a, c in zip(self._sum, cts, strict=True)]
+        self._sum = new
+        self._added.append(u)
 
     def decrypt(self, cfg: HEConfig, message: bytes) -> bytes:
-        """Decrypt the aggregate (HE_CIPHERTEXTS from the server) and return HE_RESULT with the b-bit sum."""
-        header, payload = decode(message, expect=MsgType.HE_CIPHERTEXTS, round_id=cfg.round_id,
-                                 receiver=KEY_HOLDER)
+        """HE_DECRYPT (the senders the server forwarded) -> HE_RESULT, if at least t distinct signed uploads."""
+        self._check_cfg(cfg)
+        header, payload = decode(message, expect=MsgType.HE_DECRYPT, round_id=cfg.round_id, receiver=KEY_HOLDER)
         if header.sender != SERVER:
-            raise ProtocolError(f"aggregate: expected from the server, got {party_name(header.sender)}")
-        if self._round != cfg.round_id:
-            self._round, self._guard = cfg.round_id, ReplayGuard()
-        self._guard.check(header)
-        base, per_slot = cfg.packing
+            raise ProtocolError(f"key holder: HE_DECRYPT from {party_name(header.sender)}, not the server")
+        r = Reader(payload)
+        listed = [r.u32() for _ in range(min(r.u32(), cfg.n_clients + 1))]
+        r.done()
+        if sorted(listed) != sorted(self._added):
+            raise ProtocolError(f"key holder: asked to decrypt the sum of clients {sorted(listed)}, but it added "
+                                f"the signed uploads of {sorted(self._added)}; refused")
+        if len(self._added) < self.threshold:
+            raise SecAggAbortError(f"key holder: only {len(self._added)} signed uploads in this round, fewer "
+                                   f"than t={self.threshold}; refused to decrypt")
         t = self.plain_modulus
-        parts = [np.mod(np.asarray(_load(self._ctx, c, "aggregate").decrypt(), dtype=np.int64), t)
-                 for c in _read_ciphertexts(cfg, payload, "aggregate")]
-        slots = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        if slots.size and int(slots.max()) >= base**per_slot:  # a sum of valid uploads is < B^P <= t
-            raise ProtocolError("aggregate: decrypted slot out of range (malformed upload or noise overflow)")
-        total = decode_slots(slots, base=base, per_slot=per_slot, n=cfg.length)
-        bits = ring_bits(n_clients=cfg.n_clients, max_value=cfg.max_value)
-        self._guard.mark(header)
+        parts = [np.mod(np.asarray(c.decrypt(), dtype=np.int64), t) for c in self._sum]
+        slots = np.concatenate(parts).astype(np.uint64) if parts else np.zeros(0, np.uint64)
+        self._done.add(cfg.round_id)
+        self._round, self._sum, self._added = None, None, []
+        bits = t.bit_length()
         return encode(MsgType.HE_RESULT, round_id=cfg.round_id, sender=KEY_HOLDER, receiver=SERVER,
-                      payload=bytes([bits]) + cfg.length.to_bytes(8, "big")
-                      + pack(total.astype(np.uint64), bits))
+                      payload=bytes([bits]) + slots.size.to_bytes(8, "big") + pack(slots, bits))
+
+
+def _verified_context(message: bytes, directory: KeyDirectory, receiver: int, who: str):
+    header, payload = decode(message, expect=MsgType.HE_CONTEXT, round_id=0, receiver=receiver)
+    if len(payload) < 64 or not directory.verify(KEY_HOLDER, _context_message(payload[:-64]), payload[-64:]):
+        raise ProtocolError(f"{who}: the HE context is not signed by the pinned key holder (substituted); refused")
+    ctx = _ts().context_from(payload[:-64])
+    if ctx.is_private():
+        raise ProtocolError(f"{who}: the HE context carries a secret key; refused")
+    return ctx
 
 
 class HEClient:
-    """A client: loads the public context from bytes, encrypts its packed vector."""
+    """A client: verifies the key holder's context, range-checks, masks, encrypts and signs its vector."""
 
-    def __init__(self, client_id: int, context_message: bytes) -> None:
-        header, payload = decode(context_message, expect=MsgType.HE_CONTEXT, round_id=0, receiver=client_id)
-        if header.sender != SERVER:
-            raise ProtocolError(f"context: expected from the server, got {party_name(header.sender)}")
+    def __init__(self, client_id: int, context_message: bytes, *, identity: IdentityKey,
+                 directory: KeyDirectory) -> None:
+        if directory.keys.get(client_id) != identity.public:
+            raise ValueError(f"client {client_id}: the identity key is not the one pinned in the directory")
         self.id = client_id
-        self._ctx = _ts().context_from(payload)
-        if self._ctx.is_private():
-            raise ProtocolError("context: a client must not receive the secret key")
+        self._ctx = _verified_context(context_message, directory, client_id, f"client {client_id}")
+        self._identity = identity
+        self._prg = MaskPRG()
 
     def encrypt(self, cfg: HEConfig, vector: np.ndarray) -> bytes:
-        """HE_CIPHERTEXTS: the vector packed P entries per slot, N slots per ciphertext."""
-        if vector.ndim != 1 or vector.size != cfg.length:
-            raise ValueError(f"client {self.id}: expected a flat vector of {cfg.length} entries, "
-                             f"got shape {vector.shape}")
+        """HE_CIPHERTEXTS: c_pk | B | P | n | count | ciphertexts of (packed slots + mask) | signature."""
+        vector = check_vector(vector, length=cfg.length, max_value=cfg.max_value, who=f"client {self.id}")
         base, per_slot = cfg.packing
-        slots = encode_slots(vector, base=base, per_slot=per_slot)
+        t = cfg.plain_modulus
+        c_sk = X25519PrivateKey.generate()
+        shared = c_sk.exchange(X25519PublicKey.from_public_bytes(cfg.server_key))
+        mask = uniform_mod(_mask_key(shared, cfg, self.id), count=cfg.slots, modulus=t, prg=self._prg)
+        slots = (encode_slots(vector, base=base, per_slot=per_slot).astype(np.uint64) + mask) % np.uint64(t)
         ts, deg = _ts(), cfg.poly_modulus_degree
-        cts = (ts.bfv_vector(self._ctx, slots[i:i + deg].tolist()).serialize()
-               for i in range(0, slots.size, deg))
-        return encode(MsgType.HE_CIPHERTEXTS, round_id=cfg.round_id, sender=self.id, receiver=SERVER,
-                      payload=_ciphertexts_payload(cfg, cts))
+        cts = [ts.bfv_vector(self._ctx, slots[i:i + deg].astype(np.int64).tolist()).serialize()
+               for i in range(0, slots.size, deg)]
+        payload = (public_bytes(c_sk) + base.to_bytes(8, "big") + bytes([per_slot]) + cfg.length.to_bytes(8, "big")
+                   + len(cts).to_bytes(4, "big") + b"".join(len(c).to_bytes(4, "big") + c for c in cts))
+        message = encode(MsgType.HE_CIPHERTEXTS, round_id=cfg.round_id, sender=self.id, receiver=SERVER,
+                         payload=payload)
+        return message + self._identity.sign(_upload_message(message))
 
 
 class HEServer:
-    """Adds the clients' ciphertexts as they arrive; cannot decrypt (public context only)."""
+    """Checks and forwards signed uploads, asks for the verified sum, removes the masks, checks the range."""
 
-    def __init__(self, cfg: HEConfig, public_context: bytes) -> None:
+    def __init__(self, cfg: HEConfig, context_message: bytes, *, directory: KeyDirectory,
+                 server_key: X25519PrivateKey) -> None:
+        if public_bytes(server_key) != cfg.server_key:
+            raise ValueError("server: cfg.server_key must be the public key of server_key")
         self.cfg = cfg
-        self._ctx = _ts().context_from(public_context)
-        if self._ctx.is_private():
-            raise ProtocolError("context: the server must not hold the secret key")
-        self._acc: list | None = None
-        self._guard = ReplayGuard()
+        self._ctx = _verified_context(context_message, directory, SERVER, "server")
+        self.directory = directory
+        self._sk = server_key
+        self._c_pks: dict[int, bytes] = {}
         self.uploaded: list[int] = []
+        self._stage = "upload"
 
-    def receive(self, message: bytes) -> None:
-        header, payload = decode(message, expect=MsgType.HE_CIPHERTEXTS, round_id=self.cfg.round_id,
-                                 receiver=SERVER)
-        if header.sender >= self.cfg.n_clients:
-            raise ProtocolError(f"ciphertexts: unknown client id {header.sender}")
-        self._guard.check(header)
-        who = f"ciphertexts from client {header.sender}"
-        cts = [_load(self._ctx, c, who) for c in _read_ciphertexts(self.cfg, payload, who)]
-        if self._acc is None:
-            self._acc = cts
-        else:
-            for acc, ct in zip(self._acc, cts, strict=True):
-                acc += ct
-        self._guard.mark(header)
-        self.uploaded.append(header.sender)
+    def receive(self, message: bytes) -> bytes:
+        """Check one client's signed upload (all or nothing); returns the HE_FORWARD for the key holder."""
+        if self._stage != "upload":
+            raise ProtocolError(f"server (he, {self._stage}): ciphertexts arrived after the upload closed; rejected")
+        u, c_pk, _ = _parse_upload(self.cfg, message, self._ctx, self.directory, "server (he, upload)")
+        if u in self._c_pks:
+            raise ProtocolError(f"server (he, upload): replayed ciphertexts from client {u}; rejected")
+        self._c_pks[u] = c_pk
+        self.uploaded.append(u)
+        return encode(MsgType.HE_FORWARD, round_id=self.cfg.round_id, sender=SERVER, receiver=KEY_HOLDER,
+                      payload=message)
 
-    def aggregate(self) -> bytes:
-        """HE_CIPHERTEXTS to the key holder: the encrypted sum."""
+    def decrypt_request(self) -> bytes:
+        """HE_DECRYPT: the senders whose uploads were forwarded."""
+        if self._stage != "upload":
+            raise ProtocolError(f"server (he, {self._stage}): decryption requested twice")
         if not self.uploaded:
             raise SecAggAbortError("he: no client uploaded ciphertexts this round; nothing to aggregate")
-        return encode(MsgType.HE_CIPHERTEXTS, round_id=self.cfg.round_id, sender=SERVER, receiver=KEY_HOLDER,
-                      payload=_ciphertexts_payload(self.cfg, (c.serialize() for c in self._acc)))
+        self._stage = "result"
+        ids = sorted(self.uploaded)
+        return encode(MsgType.HE_DECRYPT, round_id=self.cfg.round_id, sender=SERVER, receiver=KEY_HOLDER,
+                      payload=len(ids).to_bytes(4, "big") + b"".join(u.to_bytes(4, "big") for u in ids))
 
     def result(self, message: bytes) -> np.ndarray:
-        header, payload = decode(message, expect=MsgType.HE_RESULT, round_id=self.cfg.round_id,
-                                 receiver=SERVER)
+        """HE_RESULT -> the int64 sum over the uploaders, after removing their masks and checking the range."""
+        if self._stage != "result":
+            raise ProtocolError(f"server (he, {self._stage}): HE_RESULT out of stage")
+        cfg = self.cfg
+        header, payload = decode(message, expect=MsgType.HE_RESULT, round_id=cfg.round_id, receiver=SERVER)
         if header.sender != KEY_HOLDER:
-            raise ProtocolError(f"result: expected from the key holder, got {party_name(header.sender)}")
-        self._guard.check(header)
+            raise ProtocolError(f"server (he, result): expected from the key holder, got {party_name(header.sender)}")
         r = Reader(payload)
-        bits, n = r.u8(), r.u64()
-        if n != self.cfg.length:
-            raise ProtocolError(f"result: expected {self.cfg.length} entries, got {n}")
-        out = unpack(r.take(packed_size(n, bits)), bits, n).astype(np.int64)
+        bits, count = r.u8(), r.u64()
+        if count != cfg.slots or bits != cfg.plain_modulus.bit_length():
+            raise ProtocolError(f"server (he, result): {count} slots of {bits} bits, expected {cfg.slots}")
+        slots = unpack(r.take(packed_size(count, bits)), bits, count).astype(np.uint64)
         r.done()
-        self._guard.mark(header)
-        return out
+        t = np.uint64(cfg.plain_modulus)
+        for u in sorted(self.uploaded):
+            shared = self._sk.exchange(X25519PublicKey.from_public_bytes(self._c_pks[u]))
+            mask = uniform_mod(_mask_key(shared, cfg, u), count=cfg.slots, modulus=cfg.plain_modulus)
+            slots = (slots + (t - mask)) % t
+        base, per_slot = cfg.packing
+        top = len(self.uploaded) * cfg.max_value
+        total = decode_slots(slots.astype(np.int64), base=base, per_slot=per_slot, n=cfg.length) \
+            if (slots < np.uint64(base**per_slot)).all() else None
+        if total is None or (total.size and int(total.max()) > top):
+            raise ProtocolError(f"server (he, result): the decrypted sum lies outside [0, {top}] "
+                                f"(= |S| x max_value): a malformed upload or noise overflow; result refused")
+        self._stage = "done"
+        return total
 
 
 class HESum(SecureSum):
     """Simulated BFV summation among clients, a server and a separate key holder, all messages as bytes.
 
     Options: ``poly_modulus_degree`` N (default 4096), ``plain_modulus_bits`` (default 40: P entries per slot
-    as in :func:`slot_packing`; up to 60, lower keeps more noise margin), ``dropouts`` (``{"upload": ids}``:
-    those clients send nothing; the result is the survivors' sum, ``last_survivors``).  The key holder's
+    as in :func:`slot_packing`; up to 60), ``threshold`` (signed uploads the key holder needs before it
+    decrypts; default ceil(2n/3), at least floor(n/2) + 1) and ``dropouts`` (``{"upload": ids}``: those
+    clients send nothing; the result is the survivors' sum, ``last_survivors``).  The key holder's signed
     public context goes to the server and every client once, in the first round.
     """
 
     name = "he"
 
     def __init__(self, *, n_clients: int, max_value: int = 1, seed: int = 0, poly_modulus_degree: int = 4096,
-                 plain_modulus_bits: int = 40, dropouts: Mapping[str, Iterable[int]] | None = None) -> None:
+                 plain_modulus_bits: int = 40, threshold: int | None = None,
+                 dropouts: Mapping[str, Iterable[int]] | None = None) -> None:
         super().__init__(n_clients=n_clients, max_value=max_value)
         if not isinstance(max_value, (int, np.integer)) or max_value < 1:
             raise ValueError(f"max_value: expected an int >= 1, got {max_value!r}")
-        self.key_holder = KeyHolder(poly_modulus_degree=poly_modulus_degree,
-                                    plain_modulus_bits=plain_modulus_bits)
-        self.base, self.per_slot = slot_packing(n_clients=n_clients, max_value=int(max_value),
-                                                plain_modulus=self.key_holder.plain_modulus)
+        self.threshold = he_threshold(n_clients=n_clients, threshold=threshold, flag_prefix="")
         unknown = set(dropouts or {}) - {"upload"}
         if unknown:
             raise ValueError(f"dropouts: the he backend supports only the 'upload' stage, "
@@ -299,11 +347,19 @@ class HESum(SecureSum):
         self.dropped = {int(i) for i in (dropouts or {}).get("upload", ())}
         if any(not 0 <= i < n_clients for i in self.dropped):
             raise ValueError(f"dropouts: client ids must lie in 0..{n_clients - 1}")
+        self._identities = {i: IdentityKey.generate() for i in (*range(n_clients), KEY_HOLDER)}
+        self.directory = KeyDirectory({i: k.public for i, k in self._identities.items()})
+        self.key_holder = KeyHolder(identity=self._identities[KEY_HOLDER], directory=self.directory,
+                                    threshold=self.threshold, poly_modulus_degree=poly_modulus_degree,
+                                    plain_modulus_bits=plain_modulus_bits)
+        self.base, self.per_slot = slot_packing(n_clients=n_clients, max_value=int(max_value),
+                                                plain_modulus=self.key_holder.plain_modulus)
         self.seed = seed
-        self._session = os.urandom(8)
+        self._server_sk = X25519PrivateKey.generate()
+        self._nonce = os.urandom(8)
         self._counter = 0
         self._clients: dict[int, HEClient] | None = None
-        self._server_ctx: bytes | None = None
+        self._context: bytes | None = None
         self.last_survivors: list[int] = []
 
     def _send(self, sender: int, receiver: int, message: bytes) -> bytes:
@@ -312,28 +368,30 @@ class HESum(SecureSum):
 
     def _setup(self) -> None:
         msg = self._send(KEY_HOLDER, SERVER, self.key_holder.public_context())
+        self._context = msg
         _, payload = decode(msg, expect=MsgType.HE_CONTEXT, round_id=0, receiver=SERVER)
-        self._server_ctx = payload
         self._clients = {}
         for i in range(self.n_clients):
             fwd = self._send(SERVER, i, encode(MsgType.HE_CONTEXT, round_id=0, sender=SERVER, receiver=i,
                                                payload=payload))
-            self._clients[i] = HEClient(i, fwd)
+            self._clients[i] = HEClient(i, fwd, identity=self._identities[i], directory=self.directory)
 
-    def _sum(self, key: str, vectors: list[np.ndarray]) -> np.ndarray:
+    def _sum_matrix(self, key: str, vectors: list[np.ndarray]) -> np.ndarray:
         if self._clients is None:
             self._setup()
         self._counter += 1
-        digest = hashlib.sha256(self._session + self._counter.to_bytes(8, "big") + key.encode()).digest()
+        digest = hashlib.sha256(self._nonce + self._counter.to_bytes(8, "big") + key.encode()).digest()
         cfg = HEConfig(round_id=int.from_bytes(digest[:8], "big"), n_clients=self.n_clients,
                        length=vectors[0].size, max_value=int(self.max_value),
                        plain_modulus=self.key_holder.plain_modulus,
-                       poly_modulus_degree=self.key_holder.poly_modulus_degree)
-        server = HEServer(cfg, self._server_ctx)
+                       poly_modulus_degree=self.key_holder.poly_modulus_degree,
+                       server_key=public_bytes(self._server_sk))
+        server = HEServer(cfg, self._context, directory=self.directory, server_key=self._server_sk)
         for i in range(self.n_clients):
             if i not in self.dropped:
-                server.receive(self._send(i, SERVER, self._clients[i].encrypt(cfg, vectors[i])))
-        agg = self._send(SERVER, KEY_HOLDER, server.aggregate())
-        result = server.result(self._send(KEY_HOLDER, SERVER, self.key_holder.decrypt(cfg, agg)))
+                fwd = server.receive(self._send(i, SERVER, self._clients[i].encrypt(cfg, vectors[i])))
+                self.key_holder.receive_upload(cfg, self._send(SERVER, KEY_HOLDER, fwd))
+        request = self._send(SERVER, KEY_HOLDER, server.decrypt_request())
+        result = server.result(self._send(KEY_HOLDER, SERVER, self.key_holder.decrypt(cfg, request)))
         self.last_survivors = sorted(server.uploaded)
         return result

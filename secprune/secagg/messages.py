@@ -2,13 +2,14 @@
 
 Every message starts with a 20-byte big-endian header::
 
-    magic "SA" (2) | version (1) | type (1) | round id (8) | sender id (4) | receiver id (4)
+    magic "SA" (2) | version (1) | type (1) | session or round id (8) | sender id (4) | receiver id (4)
 
 followed by a type-specific payload.  Clients are ids 0..n-1; the server is ``SERVER`` and the HE key holder
-``KEY_HOLDER``.  Receivers check magic, version, type, round and receiver, and a :class:`ReplayGuard`
-rejects a second message of the same type from the same sender within a round.  Encrypted shares use the
-header of the forwarded message as AEAD associated data, which binds round, sender and receiver (Bonawitz
-et al., CCS 2017, Sec. 4, round "ShareKeys", where u || v is bound to each ciphertext).
+``KEY_HOLDER``.  Receivers check magic, version, type, session and receiver; each party's state machine then
+accepts a message only in its own stage and only once.  Encrypted shares use the header of the forwarded
+message (and the share commitments) as AEAD associated data, which binds session, sender and receiver
+(Bonawitz et al., CCS 2017, Sec. 4, round "ShareKeys", where u || v is bound to each ciphertext).  One
+message type per protocol stage, so each can travel as its own transport message.
 """
 
 from __future__ import annotations
@@ -23,23 +24,30 @@ __all__ = ["HEADER", "SERVER", "KEY_HOLDER", "MsgType", "Header", "encode", "dec
            "Reader", "party_name"]
 
 MAGIC = b"SA"
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct(">2sBBQII")
 SERVER = 0xFFFFFFFF
 KEY_HOLDER = 0xFFFFFFFE
 
 
 class MsgType(IntEnum):
-    ADVERTISE = 1  # client -> server: c_pk (32) | s_pk (32)
-    ROSTER = 2  # server -> client: count (4) | count x [id (4) | c_pk (32) | s_pk (32)]
-    SHARE_BUNDLE = 3  # client -> server: count (4) | count x [len (4) | SHARE message]
-    SHARE = 4  # client -> server -> client: nonce (12) | AEAD(u (4) | v (4) | x (2) | b-share | s-share)
-    MASKED = 5  # client -> server: bits (1) | n (8) | n*bits/8 packed bytes
-    UNMASK_REQUEST = 6  # server -> client: nd (4) | nd x id (4) | ns (4) | ns x id (4)
-    UNMASK_RESPONSE = 7  # client -> server: count (4) | count x [kind (1) | owner (4) | x (2) | share (16)]
-    HE_CONTEXT = 16  # key holder -> server -> client: serialized public TenSEAL context
-    HE_CIPHERTEXTS = 17  # client -> server, server -> key holder: base (8) | per_slot (1) | n (8) | cts
-    HE_RESULT = 18  # key holder -> server: bits (1) | n (8) | packed sum
+    """One type per protocol stage; payloads are documented in docs/secagg.md ("Message formats")."""
+
+    SESSION = 1  # server -> client: the session configuration (SessionConfig.encode)
+    ADVERTISE = 2  # client -> server: c_pk | E x s_pk | E x b-commitment | signature
+    ROSTER = 3  # server -> client: count | count x [id | neighbour's ADVERTISE payload]
+    SHARE_BUNDLE = 4  # client -> server: count | count x [len | SHARE message] | MAC
+    SHARE = 5  # client -> server -> client: 2E commitments | nonce | AEAD(u | v | E x (b-share, s-share))
+    MASKED = 6  # client -> server: epoch | matrix | offset | count | bits | packed chunk | MAC
+    SURVIVORS = 7  # server -> client: epoch | count | ids (U3), to be signed
+    SURVIVORS_SIGNATURE = 8  # client -> server: epoch | signature of (session, epoch, U3)
+    UNMASK_REQUEST = 9  # server -> client: epoch | count | count x [signer id | signature]
+    UNMASK_RESPONSE = 10  # client -> server: epoch | count | count x [kind | owner | share] | MAC
+    HE_CONTEXT = 16  # key holder -> server -> client: TenSEAL public context | signature
+    HE_CIPHERTEXTS = 17  # client -> server: c_pk | B | P | n | count | ciphertexts | signature
+    HE_FORWARD = 18  # server -> key holder: one client's HE_CIPHERTEXTS message, unchanged
+    HE_DECRYPT = 19  # server -> key holder: count | sender ids whose uploads were forwarded
+    HE_RESULT = 20  # key holder -> server: bits | slots | packed masked slot sums
 
 
 def party_name(party: int) -> str:
@@ -67,9 +75,12 @@ def encode(msg_type: MsgType, *, round_id: int, sender: int, receiver: int, payl
     return Header(msg_type, round_id, sender, receiver).pack() + payload
 
 
-def decode(data: bytes, *, expect: MsgType, round_id: int,
+def decode(data: bytes, *, expect: MsgType, round_id: int | None,
            receiver: int | None = None) -> tuple[Header, bytes]:
-    """Parse and check a message's header; return (header, payload).  Raises :class:`ProtocolError`."""
+    """Parse and check a message's header; return (header, payload).  Raises :class:`ProtocolError`.
+
+    ``round_id`` None skips the session check (the SESSION message, whose id is the digest of its payload).
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError(f"message: expected bytes, got {type(data).__name__}")
     if len(data) < HEADER.size:
@@ -78,8 +89,9 @@ def decode(data: bytes, *, expect: MsgType, round_id: int,
     if magic != MAGIC or version != VERSION:
         raise ProtocolError("message: bad magic or version")
     if mtype != expect:
-        raise ProtocolError(f"message: expected type {expect.name}, got type {mtype}")
-    if rid != round_id:
+        got = MsgType(mtype).name if mtype in MsgType._value2member_map_ else str(mtype)
+        raise ProtocolError(f"message: expected type {expect.name}, got {got}")
+    if round_id is not None and rid != round_id:
         raise ProtocolError(f"message: from round {rid:#018x}, expected round {round_id:#018x}")
     if receiver is not None and recv != receiver:
         raise ProtocolError(f"message: addressed to {party_name(recv)}, expected {party_name(receiver)}")

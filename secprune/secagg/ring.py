@@ -64,6 +64,8 @@ def pack(values: np.ndarray, bits: int) -> bytes:
     n = values.size
     if n == 0:
         return b""
+    if bits == 8 * dtype.itemsize:  # whole words: the little-endian bytes themselves
+        return values.astype(dtype.newbyteorder("<"), copy=False).tobytes()
     pad = (-n) % 8
     v = values.astype(dtype, copy=False)
     if pad:
@@ -85,6 +87,8 @@ def unpack(data: bytes, bits: int, n: int) -> np.ndarray:
                          f"got {len(data)}")
     if n == 0:
         return np.zeros(0, dtype)
+    if bits == 8 * dtype.itemsize:
+        return np.frombuffer(data, dtype.newbyteorder("<"), count=n).astype(dtype)
     groups = -(-n // 8)
     raw = np.zeros(groups * bits, np.uint8)
     raw[: len(data)] = np.frombuffer(data, np.uint8)
