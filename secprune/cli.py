@@ -110,6 +110,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from secprune import outdir
+    from secprune.secagg.identity import generate_identities
+
+    if args.clients < 1:
+        raise UsageError(f"--clients must be >= 1, got {args.clients}")
+    out = Path(args.out)
+    outdir.check_target(out, overwrite=args.overwrite)
+    tmp = outdir.staging(out, kind="keys")
+    outdir.private_dir(tmp)
+    directory = generate_identities(tmp, n_clients=args.clients, key_holder=args.key_holder)
+    outdir.commit(tmp, out)
+    emit({"out": str(out), "directory": str(out / "directory.json"), "parties": len(directory.keys),
+          "note": "give client i only its own client{i}.pem and everyone directory.json"})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="secprune", description="Privacy-preserving federated pruning of LLMs: FedPrLLM and "
                      "FedSpaLLM with secure mask summation, privacy audits and reports.",
@@ -143,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace MODEL_DIR if it is an earlier secprune export")
     p.add_argument("--quiet", action="store_true", help="print errors only")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("keys", help="long-term Ed25519 identities of the secure-aggregation clients",
+                       description="Write client{i}.pem (each client's private signing key; give it to that client "
+                                   "only) and directory.json (the pinned public keys every party trusts, never the "
+                                   "server's to change) into an owner-only folder; see docs/secagg.md.")
+    p.add_argument("--clients", type=int, required=True, metavar="N", help="number of clients")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to create (owner-only)")
+    p.add_argument("--key-holder", action="store_true", help="also a key for the HE key holder")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it is an earlier secprune keys folder")
+    p.add_argument("--quiet", action="store_true", help="print errors only")
+    p.set_defaults(func=cmd_keys)
 
     from secprune import cli_audit
 

@@ -80,8 +80,16 @@ class PruneConfig:
                           help="how the server sums the clients' vectors: none (plaintext), pairwise (SecAgg / "
                                "SecAgg+ masking), he (TenSEAL BFV); the final mask is identical")
     secagg_neighbours: int = opt(0, group="secure aggregation",
-                                 help="--secure-agg pairwise: SecAgg+ neighbour degree k (0 = complete graph, "
-                                      "plain SecAgg)")
+                                 help="--secure-agg pairwise: SecAgg+ neighbour degree k, even and >= 4 (0 = "
+                                      "complete graph, plain SecAgg); see docs/secagg.md for the safe levels")
+    secagg_threshold: int | None = opt(None, group="secure aggregation",
+                                       help="survivors needed to finish a sum (pairwise: of each client's share "
+                                            "holders; he: of the clients); refused below the safe level "
+                                            "(default: the backend's safe default)")
+    secagg_keys: str | None = opt(None, group="secure aggregation", metavar="DIR",
+                                  help="--secure-agg pairwise: folder of the clients' long-term Ed25519 keys and "
+                                       "the pinned key directory (made by `secprune keys`); default: fresh keys "
+                                       "for this run")
     # --- FedSpaLLM
     rounds: int = opt(1, group="FedSpaLLM", help="communication rounds (Algorithm 1)")
     expansion: bool = opt(True, group="FedSpaLLM",
@@ -175,21 +183,21 @@ class PruneConfig:
         need("local_only_clients" not in explicit or self.local_only_clients <= self.clients,
              f"--local-only-clients {self.local_only_clients}: at most --clients ({self.clients})")
 
-        # secure aggregation
-        if self.secagg_neighbours:
-            need(self.secure_agg == "pairwise",
-                 f"--secagg-neighbours {self.secagg_neighbours}: only used with --secure-agg pairwise")
-            need(0 < self.secagg_neighbours < self.clients,
-                 f"--secagg-neighbours {self.secagg_neighbours}: expected 1..{self.clients - 1} "
-                 f"(fewer than the {self.clients} clients; 0 = complete graph)")
-        from secprune import secagg
+        # secure aggregation: the protocol's own safety floor (docs/secagg.md)
+        from secprune.secagg import check_options
 
-        if hasattr(secagg, "check_options"):  # the protocol's own safety floor (docs/secagg.md)
-            try:
-                secagg.check_options(self.secure_agg, n_clients=self.clients,
-                                     neighbours=self.secagg_neighbours or None, threshold=None)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
+        try:
+            check_options(self.secure_agg, n_clients=self.clients, neighbours=self.secagg_neighbours or None,
+                          threshold=self.secagg_threshold)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        need(self.secagg_keys is None or self.secure_agg == "pairwise",
+             "--secagg-keys: only used with --secure-agg pairwise")
+        need(self.secagg_keys is None or Path(self.secagg_keys).is_dir(),
+             f"--secagg-keys: {self.secagg_keys} is not a folder (make one with `secprune keys`)")
+        need(self.secagg_threshold is None or not self.layer_sampling,
+             "--secagg-threshold: not with --layer-sampling (each layer's sum runs over the clients that sampled "
+             "it, with the safe default threshold for their number)")
 
         if self.algorithm == "fedspallm":  # clients send SparseGPT-updated weights for Eq. 5 (FedSpaLLM Sec. 5)
             need(self.method in ("auto", "sparsegpt"),

@@ -84,6 +84,19 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True) -> dict:
     return summ
 
 
+def secagg_options(cfg: PruneConfig) -> dict:
+    """The backend options of the secure-aggregation flags (validated by ``PruneConfig.validate``)."""
+    opts: dict = {}
+    if cfg.secure_agg in ("pairwise", "he") and cfg.secagg_threshold is not None:
+        opts["threshold"] = cfg.secagg_threshold
+    if cfg.secure_agg == "pairwise":
+        if cfg.secagg_neighbours:
+            opts["neighbours"] = cfg.secagg_neighbours
+        if cfg.secagg_keys:
+            opts["key_dir"] = cfg.secagg_keys
+    return opts
+
+
 def keep_private(cfg: PruneConfig, prep: Prepared, folder: Path, files: dict) -> None:
     """``--keep-calibration``: the clients' token ids, owner-only, with a warning (never by default)."""
     if not cfg.keep_calibration:
@@ -125,8 +138,7 @@ def _run_fedprllm(cfg: PruneConfig, prep: Prepared, tmp: Path, partial: Path, *,
     m = len(calib.parts)
     spec = LocalSpec(make_method(cfg.method, sparsegpt_update=cfg.sparsegpt_update), cfg.sparsity,
                      cfg.local_group, cfg.seed, cfg.batch_size)
-    summer = make_summer(cfg.secure_agg, n_clients=m, seed=cfg.seed,
-                         **({"neighbours": cfg.secagg_neighbours} if cfg.secagg_neighbours else {}))
+    summer = make_summer(cfg.secure_agg, n_clients=m, seed=cfg.seed, **secagg_options(cfg))
     n_local = min(cfg.local_only_clients, m) if "local-only" in cfg.baselines else 0
     keep = list(range(n_local)) if cfg.sparsegpt_update and cfg.strategy == "one-shot" else []
     log.info(f"[bold]secprune[/] fedprllm/{cfg.method}: {m} clients, {len(calib.windows)} windows x {cfg.seqlen} "

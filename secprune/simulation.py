@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from secprune.checkpoint import StepCheckpoint, fingerprint, model_id
 from secprune.masks import MaskSet
 from secprune.replay import Replay, owners_of
-from secprune.secagg import SecureSum
+from secprune.secagg import SecureSum, Session
 from secprune.strategies.base import ClientUpdate, Kind, Strategy, Task
 
 
@@ -77,28 +77,56 @@ def _plain_sum(vectors: list, kind: Kind) -> torch.Tensor:
     return torch.stack([torch.from_numpy(np.asarray(v).astype(np.int64)) for v in vectors]).sum(0)
 
 
-def secure_sums(task: Task, kinds: list[Kind], updates: dict[int, ClientUpdate], shapes: dict[str, torch.Size],
-                summers: Summers) -> tuple[dict[str, dict], dict[int, int] | None]:
-    """Every (matrix, kind) sum of one task, and the bytes each participant sent doing it (None: no summer)."""
-    sums: dict[str, dict] = {}
-    sent: dict[int, int] | None = None
-    for n, shape in shapes.items():
-        full = f"layers.{task.layer}.{n}"
-        sums[n] = {}
-        for kind in kinds:
-            vectors = [updates[i].vectors[n][kind.name] for i in task.clients]
-            summer = summers.get(len(task.clients), kind)
+class Sessions:
+    """Secure-aggregation sessions of a run: one key agreement covers every task of a strategy's session
+    scope (FedPrLLM: the whole model, one epoch per layer; FedSpaLLM: one layer), per kind of vector."""
+
+    def __init__(self, summers: Summers, strategy: Strategy, tasks: list[Task], shapes: Callable[[int], dict]):
+        self.summers, self.strategy, self.tasks, self.shapes = summers, strategy, tasks, shapes
+        self.open: dict[tuple[str, str], tuple[Session, list[int]]] = {}
+
+    def _session(self, summer: SecureSum, task: Task, kind: Kind) -> tuple[Session, int]:
+        scope = self.strategy.session_scope(task)
+        key = (scope, kind.name)
+        if key not in self.open or task.step not in self.open[key][1]:
+            steps = []  # this task and the consecutive ones of the same scope still to run
+            for t in self.tasks[self.tasks.index(task):]:
+                if self.strategy.session_scope(t) != scope:
+                    break
+                steps.append(t.step)
+            epochs = []
+            for step in steps:
+                layer = self.tasks[step].layer  # a task's step is its position in the plan
+                epochs.append((f"layers.{layer}", {f"layers.{layer}.{n}": int(np.prod(s))
+                                                   for n, s in self.shapes(layer).items()}))
+            label = scope if len(self.strategy.kinds(task)) == 1 else f"{scope}/{kind.name}"
+            self.open[key] = (summer.open_session(label, epochs), steps)
+        session, steps = self.open[key]
+        return session, steps.index(task.step)
+
+    def sums(self, task: Task, updates: dict[int, ClientUpdate], shapes: dict[str, torch.Size]
+             ) -> tuple[dict[str, dict], dict[int, int] | None]:
+        """Every (matrix, kind) sum of one task, and the bytes each participant sent doing it (None: no summer)."""
+        sums: dict[str, dict] = {n: {} for n in shapes}
+        sent: dict[int, int] | None = None
+        prefix = len(f"layers.{task.layer}.")
+        for kind in self.strategy.kinds(task):
+            summer = self.summers.get(len(task.clients), kind)
             if summer is None:
-                total = _plain_sum(vectors, kind)
-            else:
-                before = dict(summer.log.sent)
-                total = summer.sum(full if len(kinds) == 1 else f"{full}/{kind.name}", vectors)
-                sent = sent if sent is not None else dict.fromkeys(task.clients, 0)
-                for k, i in enumerate(task.clients):
-                    party = f"client{k}"
-                    sent[i] += summer.log.sent.get(party, 0) - before.get(party, 0)
-            sums[n][kind.name] = total.reshape(shape)
-    return sums, sent
+                for n, shape in shapes.items():
+                    sums[n][kind.name] = _plain_sum([updates[i].vectors[n][kind.name] for i in task.clients],
+                                                    kind).reshape(shape)
+                continue
+            session, epoch = self._session(summer, task, kind)
+            before = dict(summer.log.sent)
+            totals = session.sum_epoch(epoch, lambda k, name, kind=kind.name: updates[task.clients[k]].vectors[
+                name[prefix:]][kind])
+            sent = sent if sent is not None else dict.fromkeys(task.clients, 0)
+            for k, i in enumerate(task.clients):
+                sent[i] += summer.log.sent.get(f"client{k}", 0) - before.get(f"client{k}", 0)
+            for n, shape in shapes.items():
+                sums[n][kind.name] = totals[f"layers.{task.layer}.{n}"].reshape(shape)
+        return sums, sent
 
 
 def _groups(parts: Sequence[np.ndarray], weights: list[dict | None]) -> list[tuple[np.ndarray, dict | None]]:
@@ -149,6 +177,8 @@ def simulate(model, windows: torch.Tensor, parts: Sequence[np.ndarray], strategy
         if start < len(tasks) and not tasks[start].restart:
             replay.resume(tasks[start].layer, resumed.inps)
 
+    sessions = Sessions(summers, strategy, tasks,
+                        lambda li: {n: lin.weight.shape for n, lin in replay.linears(li).items()})
     bar = tqdm(total=len(tasks), initial=start, desc=desc, disable=not progress)
     for pos in range(start, len(tasks)):
         task = tasks[pos]
@@ -166,8 +196,7 @@ def simulate(model, windows: torch.Tensor, parts: Sequence[np.ndarray], strategy
         updates = {i: strategy.client_step(task, layer=layer, stats={
             n: None if s is None else s[slot[i]] for n, s in stats.items()}) for i in task.clients}
         del stats
-        kinds = strategy.kinds(task)
-        sums, sent = secure_sums(task, kinds, updates, {n: w.shape for n, w in layer.items()}, summers)
+        sums, sent = sessions.sums(task, updates, {n: w.shape for n, w in layer.items()})
         server = strategy.server_step(task, sums, layer=layer, sent_bytes=sent,
                                       uploads={i: u.upload for i, u in updates.items() if u.upload is not None})
         if hasattr(strategy, "diagnose"):

@@ -70,17 +70,17 @@ def secagg_parts(stats: dict, *, backend: str) -> tuple[dict, dict]:
         extra = {k: stats[k] for k in ("fixed_point_bits", "max_abs_error", "clipped_entries", "clip_factor")
                  if k in stats}
         client_bits = [s["client_sent_bits_per_entry"] for s in summers]
-        return ({"backend": backend, "sums": int(sum(s["rounds"] for s in summers)),
+        return ({"backend": backend, "sessions": int(sum(s["rounds"] for s in summers)),
                  "total_bytes": int(stats["total_bytes"]),
                  "plaintext_packed_bytes": int(sum(s["plaintext_packed_bytes"] for s in summers)),
                  "client_sent_bits_per_entry": max(client_bits, default=0.0), **extra},
                 {"summers": summers, "error_bound_note": stats.get("error_bound_note")})
     if "rounds" not in stats:  # no summer ran (FedSpaLLM's float aggregation)
-        return {"backend": backend, "sums": 0, "total_bytes": 0}, {}
-    return ({"backend": backend, "sums": stats["rounds"], "total_bytes": stats["total_bytes"],
+        return {"backend": backend, "sessions": 0, "total_bytes": 0}, {}
+    return ({"backend": backend, "sessions": stats["rounds"], "total_bytes": stats["total_bytes"],
              "plaintext_packed_bytes": stats["plaintext_packed_bytes"], "entries": stats["entries"],
              "client_sent_bits_per_entry": stats["client_sent_bits_per_entry"]},
-            {"sent": stats["sent"], "received": stats["received"], "per_sum": stats.get("per_round", {})})
+            {"sent": stats["sent"], "received": stats["received"], "per_session": stats.get("per_round", {})})
 
 
 def peak_memory_mb(device: str) -> dict:

@@ -48,10 +48,11 @@ def test_prune_writes_masks_summary_and_log(tiny_folder, client_files, tmp_path,
     total = sum(np.prod(s) for s in final.shapes.values())
     assert comm["rounds"] == 1 and comm["mask_entries_per_client"] == total
     assert comm["upload_bytes_per_client"] == pytest.approx(total / 8, abs=14)
-    assert summary["secure_aggregation"]["backend"] == "none" and summary["secure_aggregation"]["sums"] == 14
+    sec = summary["secure_aggregation"]
+    assert sec["backend"] == "none" and sec["sessions"] == 1  # one key agreement for the whole model
     detail = json.loads((out / "log.json").read_text())
-    assert detail["schema"] == LOG_SCHEMA and len(detail["secure_aggregation"]["per_sum"]) == 14
-    assert "per_sum" not in summary["secure_aggregation"] and "per_round" not in comm  # detail lives in log.json
+    assert detail["schema"] == LOG_SCHEMA and list(detail["secure_aggregation"]["per_session"]) == ["model"]
+    assert "per_session" not in sec and "per_round" not in comm  # detail lives in log.json
     assert not (out / "calibration.pt").exists() and not (out / "private" / "calibration.pt").exists()
 
 
@@ -72,8 +73,14 @@ def test_keep_calibration_is_owner_only(tiny_folder, client_files, tmp_path):
     (["--model", "/nonexistent/model"], "--model"),
     (["--strategy", "sideways"], "--strategy"),
     (["--sparsity", "abc"], "sparsity"),
-    (["--secagg-neighbours", "3"], "--secagg-neighbours 3: only used with --secure-agg pairwise"),
-    (["--secure-agg", "pairwise", "--clients", "4", "--secagg-neighbours", "4"], "--secagg-neighbours 4: expected"),
+    (["--secagg-neighbours", "4"], "--secagg-neighbours 4: only --secure-agg pairwise"),
+    (["--secure-agg", "pairwise", "--clients", "4", "--secagg-neighbours", "4"], "--secagg-neighbours 4: above n-1"),
+    (["--secure-agg", "pairwise", "--secagg-neighbours", "1"], "--secagg-neighbours 1: below the safe level"),
+    (["--secure-agg", "pairwise", "--secagg-neighbours", "5"], "--secagg-neighbours 5: below the safe level"),
+    (["--secure-agg", "pairwise", "--secagg-threshold", "3"], "--secagg-threshold 3: below the safe level"),
+    (["--secure-agg", "he", "--secagg-threshold", "17"], "--secagg-threshold 17: above the 16 clients"),
+    (["--secagg-threshold", "3"], "--secagg-threshold 3: --secure-agg none has no threshold"),
+    (["--secure-agg", "he", "--secagg-keys", "/tmp"], "--secagg-keys: only used with --secure-agg pairwise"),
     (["--method", "sparsegpt", "--sparsegpt-update", "--strategy", "iterative"], "--sparsegpt-update: no effect"),
     (["--sparsegpt-update"], "--sparsegpt-update: only with --method sparsegpt"),
     (["--local-only-clients", "2", "--baselines", "dense"], "--local-only-clients: only used with"),

@@ -247,7 +247,11 @@ def test_checkpoint_resumes_to_same_result(model, windows, tmp_path, strategy):
     resumed = run(model, windows, parts, checkpoint=ckpt, strategy=strategy)
     assert all(torch.equal(full.final[n], resumed.final[n]) for n in full.final)
     assert all(torch.equal(full.counts[n], resumed.counts[n]) for n in full.counts)
-    assert resumed.secagg == full.secagg  # bytes of the sums run before the crash are still counted
+    fs, rs = full.secagg, resumed.secagg
+    # every byte sent before the crash is still counted (the plaintext backend has no setup messages) ...
+    assert rs["sent"] == fs["sent"] and rs["received"] == fs["received"] and rs["entries"] == fs["entries"]
+    # ... and the resumed run honestly counts the new session (a new key agreement) it had to open
+    assert rs["rounds"] == fs["rounds"] + 1 and set(rs["per_round"]) == {"model", "model#2"}
 
 
 def test_generic_layers_gemma3_replays_per_layer_masks_and_rope():

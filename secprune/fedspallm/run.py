@@ -32,7 +32,7 @@ def spec_from_config(cfg: PruneConfig) -> FedSpaSpec:
 
 
 def run_fedspallm(cfg: PruneConfig, prep, tmp: Path, partial: Path, *, progress: bool = True) -> tuple[dict, dict]:
-    from secprune.run import common_summary, mean_over_clients, save_final_mask
+    from secprune.run import common_summary, mean_over_clients, save_final_mask, secagg_options
 
     torch.manual_seed(cfg.seed)
     model, calib, evals = prep.model, prep.calib, prep.evals
@@ -44,7 +44,7 @@ def run_fedspallm(cfg: PruneConfig, prep, tmp: Path, partial: Path, *, progress:
     except ValueError as exc:
         raise UsageError(f"--resources: {exc}") from None
     secure = cfg.secure_agg if cfg.secure_agg != "none" else None
-    options = {"neighbours": cfg.secagg_neighbours} if cfg.secagg_neighbours else {}
+    options = secagg_options(cfg)
     n_standalone = min(cfg.local_only_clients, m) if "local-only" in cfg.baselines else 0
     log.info(f"[bold]secprune[/] fedspallm/sparsegpt+OBS: {m} clients, {len(calib.windows)} windows x "
              f"{cfg.seqlen} tokens, sparsity {cfg.sparsity}, {cfg.rounds} round(s), expansion "

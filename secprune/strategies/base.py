@@ -69,6 +69,10 @@ class Strategy:
         """Layer weights the server sends the participants of ``task`` (None = they use their dense layer)."""
         return None
 
+    def session_scope(self, task: Task) -> str:
+        """Consecutive tasks with the same scope share one secure-aggregation session (one key agreement)."""
+        return f"round{task.round}.layers.{task.layer}"
+
     def kinds(self, task: Task) -> list[Kind]:
         """The kinds of vector every participant submits in ``task`` (one sum per matrix and kind)."""
         raise NotImplementedError

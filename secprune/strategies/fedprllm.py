@@ -45,6 +45,9 @@ class FedPrLLM(Strategy):
         every = list(range(self.n_clients))
         return [Task(step=li, round=0, layer=li, clients=every, restart=li == 0) for li in range(n_layers)]
 
+    def session_scope(self, task: Task) -> str:
+        return "model"  # every client takes part in every layer: one key agreement for the whole model
+
     def kinds(self, task: Task) -> list[Kind]:
         return [Kind("mask", 1)]
 
