@@ -80,7 +80,7 @@ class LayerZeroMasks:
         """Wanda's statistic of layer 0 for every window of the pool: the replay loop with one owner per window."""
         replay = Replay(model, pool, batch_size=batch_size)
         replay.start()
-        stats = replay.statistics(Wanda(), owner=torch.arange(pool.shape[0]), n_owners=pool.shape[0])
+        stats = replay.statistics(Wanda(), groups=[np.array([w]) for w in range(pool.shape[0])])
         return {n: stats[n].cpu() for n in lins}
 
     def sq_norms(self, members) -> dict[str, torch.Tensor]:

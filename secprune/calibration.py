@@ -30,11 +30,10 @@ def _source_ids(name: str, tokenizer) -> torch.Tensor:
 def build(cfg: PruneConfig, tokenizer) -> Calibration:
     rng = np.random.default_rng(cfg.seed)
     if cfg.client_data:  # each client's own private text (read, tokenized, never cached or copied)
-        counts = [len(a) for a in np.array_split(np.arange(cfg.nsamples), len(cfg.client_data))]
+        counts = windows_per_client(cfg.nsamples, len(cfg.client_data))
         wins, parts, sources, start = [], [], [], 0
         for i, (path, n) in enumerate(zip(cfg.client_data, counts, strict=True)):
-            ids = data.tokenize(tokenizer, data.read_text_path(Path(path)))
-            wins.append(data.sample_windows(ids, n=n, seqlen=cfg.seqlen, rng=rng, source=f"--client-data {path}"))
+            wins.append(client_windows(tokenizer, path, client=i, n=n, seqlen=cfg.seqlen, seed=cfg.seed))
             parts.append(np.arange(start, start + n))
             sources += [f"client{i}"] * n
             start += n
@@ -64,6 +63,18 @@ def build(cfg: PruneConfig, tokenizer) -> Calibration:
     info = {"partition": cfg.partition, "sources": names, "clients": len(parts),
             "windows_per_client": [len(p) for p in parts], "source_mix_per_client": per_client}
     return Calibration(windows, parts, sources, info)
+
+
+def client_windows(tokenizer, path: str | Path, *, client: int, n: int, seqlen: int, seed: int) -> torch.Tensor:
+    """Client ``client``'s ``n`` windows from its own text, drawn from its own seeded stream: they depend on
+    nothing but that text, so a client in its own process (Flower) draws exactly what a simulation draws."""
+    ids = data.tokenize(tokenizer, data.read_text_path(Path(path)))
+    return data.sample_windows(ids, n=n, seqlen=seqlen, rng=np.random.default_rng([seed, 7, client]),
+                               source=f"--client-data {path}")
+
+
+def windows_per_client(nsamples: int, n_clients: int) -> list[int]:
+    return [len(a) for a in np.array_split(np.arange(nsamples), n_clients)]
 
 
 @lru_cache(maxsize=8)  # one run evaluates many masks on the same windows: read and tokenize once

@@ -15,7 +15,7 @@ from rich_argparse import RichHelpFormatter
 
 from secprune import __version__, log
 from secprune.config import GROUPS, PruneConfig, _default, config_from, load_toml
-from secprune.model import UsageError
+from secprune.errors import UsageError
 
 
 class _Help(RichHelpFormatter):

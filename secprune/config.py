@@ -10,7 +10,7 @@ import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from secprune.model import UsageError
+from secprune.errors import UsageError
 
 GROUPS = ("model and run", "data", "local pruning", "server", "secure aggregation", "FedSpaLLM", "evaluation",
           "output")

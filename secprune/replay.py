@@ -4,10 +4,11 @@ Every pruning driver, audit and client process uses it (FedPrLLM and FedSpaLLM s
 client, the audits' layer-0 statistics). Each window has an *owner*: the simulated client it belongs to
 (or, for per-window statistics, the window itself). Per layer:
 
-* :meth:`Replay.statistics`: one batched forward of the windows through the layer (dense, or with the
-  weights the server sent), the method's statistics of every linear accumulated per owner (Wanda's
-  squared input norms, SparseGPT's Hessian X^T X). Linears that receive the very same input tensor
-  (q/k/v, gate/up) share one accumulation;
+* :meth:`Replay.statistics`: the windows through the layer (dense, or with the weights the server sent),
+  the method's statistics of every linear accumulated per owner (Wanda's squared input norms,
+  SparseGPT's Hessian X^T X). Linears that receive the very same input tensor (q/k/v, gate/up) share one
+  accumulation. Every owner's windows run in batches of their own, so a client in its own process
+  computes the very same numbers as the simulation;
 * :meth:`Replay.advance`: the next layer's inputs, each group of windows through the layer with the
   weights its owner continues with (its own pruned layer, the global one, or the dense one).
 
@@ -29,14 +30,13 @@ from secprune.methods import Method
 from secprune.model import decoder_layers, prunable_linears
 
 
-def owners_of(parts: Sequence[np.ndarray], n_windows: int) -> torch.Tensor:
-    """owner[w] = the client holding window w; every window must belong to exactly one client."""
+def check_parts(parts: Sequence[np.ndarray], n_windows: int) -> None:
+    """Every window must belong to exactly one client."""
     owner = torch.full((n_windows,), -1, dtype=torch.long)
     for i, idx in enumerate(parts):
         owner[torch.as_tensor(np.asarray(idx), dtype=torch.long)] = i
     if (owner < 0).any() or sum(len(p) for p in parts) != n_windows:
         raise ValueError("client partitions must cover every window exactly once")
-    return owner
 
 
 class Replay:
@@ -96,13 +96,15 @@ class Replay:
                 out[chunk] = y
 
     @torch.no_grad()
-    def statistics(self, method: Method, *, owner: torch.Tensor, n_owners: int,
+    def statistics(self, method: Method, *, groups: Sequence[np.ndarray],
                    weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor | None]:
-        """Per-owner statistics of every linear of the current layer (windows with owner < 0 are skipped)."""
+        """Statistics of every linear of the current layer for each owner: ``groups[s]`` are the windows of
+        owner ``s``, in its own order. Each owner's windows run in batches of their own, exactly as they run
+        in the owner's own process (Flower), so both give the same numbers bit for bit."""
         lins = self.linears()
-        if not method.needs_data or n_owners == 0:
+        if not method.needs_data or not groups:
             return {n: None for n in lins}
-        stats = {n: method.new_stats(n_clients=n_owners, in_features=lin.in_features, device=self.device)
+        stats = {n: method.new_stats(n_clients=len(groups), in_features=lin.in_features, device=self.device)
                  for n, lin in lins.items()}
         alias: dict[str, str] = {}
         seen: list[tuple[torch.Tensor, str]] = []  # inputs of the current chunk, kept alive (identity is safe)
@@ -119,16 +121,17 @@ class Replay:
                 method.accumulate(stats[n], x.detach(), current["owner"])
             return hook
 
-        idx = torch.nonzero(owner >= 0).flatten()
         layer, kw = self.layers[self.layer], self.kwargs[self.layer]
         handles = [lin.register_forward_hook(hook_for(n)) for n, lin in lins.items()]
         try:
             with self.weights(weights):
-                for s in range(0, len(idx), self.batch_size):
-                    chunk = idx[s:s + self.batch_size]
-                    current["owner"] = owner[chunk]
-                    run_layer(layer, self.inps[chunk], kw)
-                    seen.clear()
+                for slot, idx in enumerate(groups):
+                    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+                    for s in range(0, len(idx), self.batch_size):
+                        chunk = idx[s:s + self.batch_size]
+                        current["owner"] = torch.full((len(chunk),), slot, dtype=torch.long)
+                        run_layer(layer, self.inps[chunk], kw)
+                        seen.clear()
         finally:
             for h in handles:
                 h.remove()
@@ -138,8 +141,9 @@ class Replay:
 
     @torch.no_grad()
     def advance(self, groups: Sequence[tuple[np.ndarray, dict[str, torch.Tensor] | None]]) -> None:
-        """Move to the next layer: the windows ``idx`` of each group go through the current layer with its
-        weights (``None`` = the layer as it is); together the groups must cover every window."""
+        """Move to the next layer: each owner's windows ``idx`` go through the current layer with the weights
+        that owner continues with (``None`` = the layer as it is), in batches of their own; together the
+        groups must cover every window."""
         outs = torch.empty_like(self.inps)
         for idx, weights in groups:
             with self.weights(weights):

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from secprune.checkpoint import StepCheckpoint, fingerprint, model_id
 from secprune.masks import MaskSet
-from secprune.replay import Replay, owners_of
+from secprune.replay import Replay, check_parts
 from secprune.secagg import SecureSum, Session
 from secprune.strategies.base import ClientUpdate, Kind, Strategy, Task
 
@@ -129,18 +129,6 @@ class Sessions:
         return sums, sent
 
 
-def _groups(parts: Sequence[np.ndarray], weights: list[dict | None]) -> list[tuple[np.ndarray, dict | None]]:
-    """Clients that continue with the same weights (same object, or dense) move on in one batch."""
-    by_key: dict[int | None, list[int]] = {}
-    for i, w in enumerate(weights):
-        by_key.setdefault(None if w is None else id(w), []).append(i)
-    out = []
-    for clients in by_key.values():
-        idx = parts[clients[0]] if len(clients) == 1 else np.sort(np.concatenate([parts[i] for i in clients]))
-        out.append((np.asarray(idx), weights[clients[0]]))
-    return out
-
-
 @torch.no_grad()
 def simulate(model, windows: torch.Tensor, parts: Sequence[np.ndarray], strategy: Strategy, *,
              summers: Summers, batch_size: int = 8, checkpoint: Path | None = None,
@@ -149,7 +137,7 @@ def simulate(model, windows: torch.Tensor, parts: Sequence[np.ndarray], strategy
     """Run ``strategy`` over ``windows`` (n, seqlen) split into client index sets ``parts``."""
     parts = [np.asarray(p) for p in parts]
     m = len(parts)
-    owner = owners_of(parts, windows.shape[0])
+    check_parts(parts, windows.shape[0])
     replay = Replay(model, windows, batch_size=batch_size)
     tasks = strategy.tasks(n_layers=len(replay.layers))
     ckpt = StepCheckpoint(checkpoint, fingerprint(windows, parts, model=model_id(model), keep=list(keep),
@@ -189,12 +177,9 @@ def simulate(model, windows: torch.Tensor, parts: Sequence[np.ndarray], strategy
         dense = {n: lin.weight.data for n, lin in lins.items()}
         received = {n: w.to(dense[n].device) for n, w in (strategy.received(task) or {}).items()}
         layer = {n: received.get(n, dense[n]) for n in lins}
-        slot = np.full(m, -1)
-        slot[task.clients] = np.arange(len(task.clients))
-        stats = replay.statistics(strategy.method, owner=torch.as_tensor(slot)[owner], n_owners=len(task.clients),
-                                  weights=received or None)
+        stats = replay.statistics(strategy.method, groups=[parts[i] for i in task.clients], weights=received or None)
         updates = {i: strategy.client_step(task, layer=layer, stats={
-            n: None if s is None else s[slot[i]] for n, s in stats.items()}) for i in task.clients}
+            n: None if s is None else s[k] for n, s in stats.items()}) for k, i in enumerate(task.clients)}
         del stats
         sums, sent = sessions.sums(task, updates, {n: w.shape for n, w in layer.items()})
         server = strategy.server_step(task, sums, layer=layer, sent_bytes=sent,
@@ -216,8 +201,8 @@ def simulate(model, windows: torch.Tensor, parts: Sequence[np.ndarray], strategy
             step["shapes"] = {full: client_masks.shapes[full] for full in names if full in client_masks.shapes}
         following = tasks[pos + 1] if pos + 1 < len(tasks) else None
         if following is not None and not following.restart:  # the last layer of a round feeds nothing
-            nxt = [strategy.next_weights(task, update=updates.get(i), layer=layer) for i in range(m)]
-            replay.advance(_groups(parts, nxt))
+            replay.advance([(parts[i], strategy.next_weights(task, update=updates.get(i), layer=layer))
+                            for i in range(m)])
         del updates
         ckpt.save(task.step, replay.inps, step,
                   extra=lambda: {"strategy": strategy.extra_state(), "secagg": summers.accounting()})

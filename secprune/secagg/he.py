@@ -87,6 +87,17 @@ class HEConfig:
     def rid(self) -> bytes:
         return self.round_id.to_bytes(8, "big")
 
+    def encode(self) -> dict:
+        """Plain values, to carry the round's public parameters in a message."""
+        return {"round_id": self.round_id, "n_clients": self.n_clients, "length": self.length,
+                "max_value": self.max_value, "plain_modulus": self.plain_modulus,
+                "poly_modulus_degree": self.poly_modulus_degree, "server_key": self.server_key}
+
+    @classmethod
+    def decode(cls, values: dict) -> HEConfig:
+        return cls(**{k: values[k] for k in ("round_id", "n_clients", "length", "max_value", "plain_modulus",
+                                              "poly_modulus_degree", "server_key")})
+
 
 def _mask_key(shared: bytes, cfg: HEConfig, client: int) -> bytes:
     return derive_key(shared, info=_LABEL + b"mask" + cfg.rid + struct.pack(">I", client))
@@ -157,6 +168,26 @@ class KeyHolder:
         self._sum: list | None = None
         self._added: list[int] = []
         self._done: set[int] = set()  # rounds already decrypted
+
+    def export_state(self) -> dict:
+        """The secret context and the rounds already decrypted (secret: keep it private)."""
+        return {"context": self._ctx.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False,
+                                               save_relin_keys=False),
+                "threshold": self.threshold, "plain_modulus": self.plain_modulus,
+                "poly_modulus_degree": self.poly_modulus_degree, "done": sorted(self._done)}
+
+    @classmethod
+    def import_state(cls, state: dict, *, identity: IdentityKey, directory: KeyDirectory) -> KeyHolder:
+        holder = cls.__new__(cls)
+        if directory.keys.get(KEY_HOLDER) != identity.public:
+            raise ValueError("key holder: its identity key is not the one pinned in the directory")
+        holder._ctx = _ts().context_from(state["context"])
+        holder.threshold, holder.plain_modulus = int(state["threshold"]), int(state["plain_modulus"])
+        holder.poly_modulus_degree = int(state["poly_modulus_degree"])
+        holder._identity, holder.directory = identity, directory
+        holder._round, holder._sum, holder._added = None, None, []
+        holder._done = {int(r) for r in state["done"]}
+        return holder
 
     def public_context(self) -> bytes:
         """HE_CONTEXT: the serialized context with the public key only, signed by the key holder."""

@@ -93,6 +93,39 @@ class PairwiseClient:
         self._phase = ""  # of that epoch: uploading, uploaded, signed, done
         self._survivors: list[int] = []
 
+    # -- persistence between messages (a Flower ClientApp runs each message in a fresh process) ------------
+    def export_state(self) -> dict:
+        """Everything this client holds for its session, as plain values (secrets included: keep it private).
+
+        The identity key and the directory are not part of it: they are loaded from the client's own files."""
+        if self.cfg is None:
+            return {"id": self.id, "stage": self._stage}
+        return {"id": self.id, "stage": self._stage, "session": self.cfg.encode(),
+                "c_sk": self._c_sk.private_bytes_raw(), "s_seeds": list(self._s_seeds),
+                "b_seeds": list(self._b_seeds), "roster": {v: (c, list(s)) for v, (c, s) in self._roster.items()},
+                "held": {v: np.asarray(a) for v, a in self._held.items()}, "share_keys": dict(self._share_keys),
+                "epoch": self._epoch, "phase": self._phase, "survivors": list(self._survivors)}
+
+    @classmethod
+    def import_state(cls, state: dict, *, identity: IdentityKey, directory: KeyDirectory) -> PairwiseClient:
+        """The client :meth:`export_state` saved; derived keys are derived again."""
+        client = cls(int(state["id"]), identity=identity, directory=directory)
+        client._stage = state["stage"]
+        if "session" not in state:
+            return client
+        cfg = client.cfg = SessionConfig.decode(state["session"])
+        client.prg = MaskPRG(cipher=cfg.cipher)
+        client._c_sk = X25519PrivateKey.from_private_bytes(state["c_sk"])
+        client._s_seeds, client._b_seeds = list(state["s_seeds"]), list(state["b_seeds"])
+        client._s_sks = [mask_secret_key(s, session=cfg.digest, epoch=e) for e, s in enumerate(client._s_seeds)]
+        client._mac_key = mac_key(client._c_sk, cfg.server_key, client=client.id, session=cfg.digest)
+        client._roster = {int(v): (c, list(s)) for v, (c, s) in state["roster"].items()}
+        client._held = {int(v): np.asarray(a) for v, a in state["held"].items()}
+        client._share_keys = {int(v): k for v, k in state["share_keys"].items()}
+        client._epoch, client._phase = int(state["epoch"]), state["phase"]
+        client._survivors = [int(v) for v in state["survivors"]]
+        return client
+
     # -- helpers -----------------------------------------------------------------------------------------
     def _where(self) -> str:
         return f"client {self.id} ({self._stage if self._epoch < 0 else f'epoch {self._epoch} {self._phase}'})"

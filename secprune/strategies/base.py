@@ -20,9 +20,12 @@ methods nothing but the sums.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # the contract is imported by light protocol stages; torch only where tensors flow
+    import torch
 
 
 @dataclass
@@ -64,6 +67,20 @@ class Strategy:
     def tasks(self, *, n_layers: int) -> list[Task]:
         """The run's plan (fixed in advance, so a resumed run can skip what is done)."""
         raise NotImplementedError
+
+    def waits_for_server(self, task: Task) -> bool:
+        """Whether clients need the server's answer to ``task`` before the next task of the same round
+        (iterative FedPrLLM). Tasks a client can run back to back travel in one message."""
+        return False
+
+    def broadcast(self, task: Task) -> dict[str, torch.Tensor]:
+        """What the server sends every client after ``task`` so that :meth:`next_weights` works at a client
+        that holds none of the server's state (names -> tensors)."""
+        return {}
+
+    def load_broadcast(self, task: Task, data: dict[str, torch.Tensor]) -> None:
+        """Client side: take in :meth:`broadcast`."""
+        return None
 
     def received(self, task: Task) -> dict[str, torch.Tensor] | None:
         """Layer weights the server sends the participants of ``task`` (None = they use their dense layer)."""

@@ -38,6 +38,7 @@ class FedPrLLM(Strategy):
         self.scaling, self.seed = scaling, seed
         self.counts: dict[str, torch.Tensor] = {}  # vote counts M_hat per matrix, as the server learnt them
         self.final: dict[str, torch.Tensor] = {}  # the server's final mask per matrix (True = pruned)
+        self.voters: dict[str, int] = {}  # clients whose masks the count holds (m, less any dropout)
         self._prio: dict[str, torch.Tensor] = {}
         self._shared: tuple[int, dict[str, torch.Tensor] | None] | None = None
 
@@ -50,6 +51,26 @@ class FedPrLLM(Strategy):
 
     def kinds(self, task: Task) -> list[Kind]:
         return [Kind("mask", 1)]
+
+    def waits_for_server(self, task: Task) -> bool:
+        return self.strategy == "iterative"  # step 7: the global layer goes back before the next layer
+
+    def broadcast(self, task: Task) -> dict[str, torch.Tensor]:
+        if self.strategy != "iterative":
+            return {}
+        prefix = f"layers.{task.layer}."
+        out = {f"final/{k}": v for k, v in self.final.items() if k.startswith(prefix)}
+        if self.scaling:
+            out |= {f"counts/{k}": v for k, v in self.counts.items() if k.startswith(prefix)}
+            out |= {f"voters/{k}": torch.tensor(v) for k, v in self.voters.items() if k.startswith(prefix)}
+        return out
+
+    def load_broadcast(self, task: Task, data: dict[str, torch.Tensor]) -> None:
+        for key, value in data.items():
+            kind, full = key.split("/", 1)
+            {"final": self.final, "counts": self.counts}.get(kind, {})[full] = value
+            if kind == "voters":
+                self.voters[full] = int(value)
 
     # --- client side
     def _priority(self, layer: int, name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -75,12 +96,15 @@ class FedPrLLM(Strategy):
                      ) -> dict[str, torch.Tensor] | None:
         if self.strategy == "iterative":  # step 7: everyone continues from the global layer
             return self._shared_for(task, lambda: {
-                n: pruned_weight(w, self.final[f"layers.{task.layer}.{n}"],
-                                 scale_factor(self.counts[f"layers.{task.layer}.{n}"], self.n_clients)
-                                 if self.scaling else None) for n, w in layer.items()})
+                n: pruned_weight(w, self.final[f"layers.{task.layer}.{n}"], self.scale(f"layers.{task.layer}.{n}"))
+                for n, w in layer.items()})
         if not self.method.needs_data:  # data-free: every client's mask is the same, one batch suffices
             return self._shared_for(task, lambda: _masked(layer, update))
         return update.own if update is not None and update.own is not None else _masked(layer, update)
+
+    def scale(self, full: str) -> torch.Tensor | None:
+        """Step 6: (m - M_hat) / m of one matrix, with m the clients whose masks were counted."""
+        return scale_factor(self.counts[full], self.voters.get(full, self.n_clients)) if self.scaling else None
 
     def _shared_for(self, task: Task, make) -> dict[str, torch.Tensor]:
         if self._shared is None or self._shared[0] != task.step:
@@ -91,11 +115,12 @@ class FedPrLLM(Strategy):
     def server_step(self, task: Task, sums: dict[str, dict[str, np.ndarray | torch.Tensor]], *,
                     layer: dict[str, torch.Tensor], uploads: dict[int, dict[str, int]] | None = None,
                     sent_bytes: dict[int, int] | None = None) -> dict:
-        state: dict = {"counts": {}, "final": {}}
+        state: dict = {"counts": {}, "final": {}, "voters": {}}
         for n, s in sums.items():
             full = f"layers.{task.layer}.{n}"
             counts = torch.as_tensor(np.asarray(s["mask"]).astype(np.int64))
             state["counts"][full] = counts
+            state["voters"][full] = len(task.clients)
             state["final"][full] = final_mask(counts, sparsity=self.sparsity, group=self.server_group,
                                               seed=self.seed, name=full)
         self.load_step(state)
@@ -104,6 +129,7 @@ class FedPrLLM(Strategy):
     def load_step(self, state: dict) -> None:
         self.counts.update(state["counts"])
         self.final.update(state["final"])
+        self.voters.update(state.get("voters", {}))
 
     def fingerprint(self) -> dict:
         return {"algorithm": "fedprllm", "method": [self.method.name, getattr(self.method, "update", None)],

@@ -1,0 +1,193 @@
+"""The client side of every stage (see :mod:`secprune.flower.driver`), and the Flower ``ClientApp``.
+
+:func:`handle` is plain Python (a content dict in, a content dict out) so that the same code runs in a
+Flower ``ClientApp`` (one process per message) and in the in-process transport of the tests. Each call
+rebuilds the client from its own files (:class:`~secprune.flower.node.ClientNode`): its data, its
+identity key and pinned key directory, and its saved protocol state.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from secprune.errors import UsageError
+from secprune.flower.node import ClientNode, build_strategy, task_from
+from secprune.flower.records import pack_vector
+from secprune.flower.settings import config_from_run
+
+STAGES = ("hello", "he_context", "advertise", "share", "step", "consistency", "unmask", "he_decrypt", "finish")
+
+
+def _identities(node: ClientNode):
+    from secprune.secagg.identity import load_identities
+
+    if node.keys is None:
+        raise UsageError("node config: keys = '<folder>' (its client<i>.pem and directory.json) is needed for "
+                         "--secure-agg pairwise and he")
+    return load_identities(node.keys)
+
+
+def _pairwise(node: ClientNode, kind: str):
+    from secprune.secagg.pairwise_client import PairwiseClient
+
+    directory, ids = _identities(node)
+    state = node.load(f"pairwise-{kind}.pkl")
+    if state is None:
+        return PairwiseClient(node.client, identity=ids[node.client], directory=directory)
+    return PairwiseClient.import_state(state, identity=ids[node.client], directory=directory)
+
+
+def _each_kind(node: ClientNode, content: dict, act) -> dict:
+    """Run ``act(client, message)`` for every ``<kind>/msg`` of a pairwise stage; save each client's state."""
+    out = {}
+    for key, message in content.items():
+        if not key.endswith("/msg"):
+            continue
+        kind = key[:-4]
+        client = _pairwise(node, kind)
+        out[key] = act(client, message)
+        node.save(f"pairwise-{kind}.pkl", client.export_state())
+    return out
+
+
+def _hello(node: ClientNode, content: dict) -> dict:
+    return {"role": node.role, "client": node.client}
+
+
+def _advertise(node: ClientNode, content: dict) -> dict:
+    for key in content:  # a new session: forget an earlier one of the same kind
+        node._path(f"pairwise-{key[:-4]}.pkl").unlink(missing_ok=True)
+    return _each_kind(node, content, lambda c, m: c.join(m))
+
+
+def _share(node: ClientNode, content: dict) -> dict:
+    return _each_kind(node, content, lambda c, m: c.share_keys(m))
+
+
+def _consistency(node: ClientNode, content: dict) -> dict:
+    return _each_kind(node, content, lambda c, m: c.sign_survivors(m))
+
+
+def _unmask(node: ClientNode, content: dict) -> dict:
+    return _each_kind(node, content, lambda c, m: c.unmask(m))
+
+
+def _step(node: ClientNode, content: dict) -> dict:
+    """Prune the tasks of this step on the client's own windows, then upload through the secure sum."""
+    import torch
+
+    cfg = node.cfg
+    strategy = build_strategy(cfg, secure=cfg.secure_agg != "none")
+    tasks = [task_from(s) for s in json.loads(content["tasks"])]
+    received = {k[9:]: torch.from_numpy(np.array(v)) for k, v in content.items() if k.startswith("received/")}
+    broadcast = {k[10:]: torch.from_numpy(np.array(v)) for k, v in content.items() if k.startswith("broadcast/")}
+    uploads = node.run_tasks(strategy, tasks, received=received, broadcast=broadcast)
+    out: dict = {"uploads": json.dumps(uploads)}
+    kinds = strategy.kinds(tasks[0])
+    if cfg.secure_agg == "none":  # plaintext: what the server would learn without secure aggregation
+        for k in kinds:
+            for name in json.loads(content[f"{k.name}/names"]):
+                v = np.asarray(node.vector(k.name, name))
+                out[f"{k.name}/plain/{name}"] = v.astype(np.float64) if k.is_float else pack_vector(v, k.max_value)
+    elif cfg.secure_agg == "he":
+        from secprune.secagg.he import HEClient, HEConfig
+
+        directory, ids = _identities(node)
+        client = HEClient(node.client, content["he/context"], identity=ids[node.client], directory=directory)
+        for k in kinds:
+            for name, values in json.loads(content[f"{k.name}/he"]).items():
+                he_cfg = HEConfig.decode(values | {"server_key": bytes.fromhex(values["server_key"])})
+                out[f"{k.name}/he/{name}"] = client.encrypt(he_cfg, np.asarray(node.vector(k.name, name)))
+    else:
+        for k in kinds:
+            client = _pairwise(node, k.name)
+            for share in content.get(f"{k.name}/shares", []):
+                client.receive_share(share)
+            epoch = int(content[f"{k.name}/epoch"])
+            out[f"{k.name}/masked"] = list(client.upload(
+                epoch, lambda name, kind=k.name: np.asarray(node.vector(kind, name))))
+            client.prg.release()
+            node.save(f"pairwise-{k.name}.pkl", client.export_state())
+    node.clear_vectors()
+    return out
+
+
+def _he_context(node: ClientNode, content: dict) -> dict:
+    """The key holder makes its BFV keys (kept on its own disk) and signs the public context."""
+    from secprune.secagg.he import KeyHolder
+    from secprune.secagg.messages import KEY_HOLDER
+    from secprune.secagg.params import he_threshold
+
+    directory, ids = _identities(node)
+    if KEY_HOLDER not in ids:
+        raise UsageError("node config: the key holder's keys folder has no keyholder.pem (secprune keys --key-holder)")
+    threshold = he_threshold(n_clients=directory.n_clients, threshold=node.cfg.secagg_threshold)
+    holder = KeyHolder(identity=ids[KEY_HOLDER], directory=directory, threshold=threshold)
+    node.save("keyholder.pkl", holder.export_state())
+    return {"context": holder.public_context(), "plain_modulus": holder.plain_modulus,
+            "poly_modulus_degree": holder.poly_modulus_degree}
+
+
+def _he_decrypt(node: ClientNode, content: dict) -> dict:
+    """Add the signed uploads the server forwarded and decrypt their sum, if the key holder's checks pass."""
+    from secprune.secagg.he import HEConfig, KeyHolder
+    from secprune.secagg.messages import KEY_HOLDER
+
+    directory, ids = _identities(node)
+    holder = KeyHolder.import_state(node.load("keyholder.pkl"), identity=ids[KEY_HOLDER], directory=directory)
+    out = {}
+    for key in content:
+        if not key.endswith("/cfg"):
+            continue
+        prefix = key[:-4]
+        values = json.loads(content[key])
+        cfg = HEConfig.decode(values | {"server_key": bytes.fromhex(values["server_key"])})
+        for forward in content[f"{prefix}/uploads"]:
+            holder.receive_upload(cfg, forward)
+        out[f"{prefix}/result"] = holder.decrypt(cfg, content[f"{prefix}/decrypt"])
+    node.save("keyholder.pkl", holder.export_state())
+    return out
+
+
+def _finish(node: ClientNode, content: dict) -> dict:
+    node.finish()  # activations, seeds, shares: nothing of the run stays on the node
+    return {}
+
+
+HANDLERS = {"hello": _hello, "he_context": _he_context, "advertise": _advertise, "share": _share, "step": _step,
+            "consistency": _consistency, "unmask": _unmask, "he_decrypt": _he_decrypt, "finish": _finish}
+
+
+def handle(stage: str, content: dict, *, run_config, node_config, run_id: int) -> dict:
+    """One stage at one node: rebuild the node from its files, act, save, answer."""
+    cfg, _ = config_from_run(run_config)
+    node = ClientNode(cfg=cfg, node_config=node_config, run_id=run_id)
+    return HANDLERS[stage](node, content)
+
+
+def _flower_app():
+    from flwr.app import Context, Message
+    from flwr.clientapp import ClientApp
+
+    from secprune.flower.records import from_record, to_record
+
+    app = ClientApp()
+
+    def register(stage: str) -> None:
+        def handler(msg: Message, context: Context) -> Message:
+            out = handle(stage, from_record(msg.content), run_config=context.run_config,
+                         node_config=context.node_config, run_id=context.run_id)
+            return Message(to_record(out), reply_to=msg)
+        app.query(stage)(handler)
+
+    for stage in STAGES:
+        register(stage)
+    return app
+
+
+try:  # the ClientApp exists when Flower is installed (pip install 'secprune[flower]')
+    app = _flower_app()
+except ImportError:  # pragma: no cover
+    app = None
