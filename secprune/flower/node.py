@@ -79,9 +79,11 @@ def task_spec(task: Task) -> dict:
 class ClientNode:
     """What one client holds for one run (model, own windows, files of its state)."""
 
-    def __init__(self, *, cfg: PruneConfig, node_config, run_id: int) -> None:
+    def __init__(self, *, cfg: PruneConfig, node_config, run_id: int, run_keys: str = "") -> None:
         self.cfg = cfg
         nc = dict(node_config)
+        if "role" not in nc and cfg.secure_agg == "he" and nc.get("partition-id") == cfg.clients:
+            nc["role"] = "keyholder"  # simulation engine: the extra node is the key holder
         self.role = str(nc.get("role", "client"))
         raw_id = nc.get("client-id", nc.get("partition-id"))
         if self.role == "client" and raw_id is None:
@@ -90,7 +92,8 @@ class ClientNode:
         self.node_config = nc
         base = Path(str(nc.get("state-dir") or _cache_dir() / "flower" / f"{self.role}{max(self.client, 0)}"))
         self.dir = private_dir(base / f"run-{run_id}")
-        self.keys = Path(str(nc["keys"])) if nc.get("keys") else None
+        keys = nc.get("keys") or run_keys  # simulation engine: one folder, each node reads its own key
+        self.keys = Path(str(keys)) if keys else None
 
     # --- data and model (loaded in every message's process; the model from the safetensors cache)
     @property

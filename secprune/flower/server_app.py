@@ -38,8 +38,12 @@ class GridTransport:
 
     def exchange(self, stage: str, contents: dict[int, dict], *, timeout: float) -> dict[int, dict]:
         from flwr.app import Message
+        from flwr.common.constant import ErrorCode
 
         from secprune.flower.records import from_record, to_record
+
+        gone = {ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE, ErrorCode.NODE_UNAVAILABLE,
+                ErrorCode.CLIENT_APP_CRASHED}
 
         messages = [Message(to_record(c), dst_node_id=node, message_type=f"query.{stage}")
                     for node, c in contents.items()]
@@ -47,6 +51,8 @@ class GridTransport:
         for reply in self.grid.send_and_receive(messages, timeout=timeout):
             node = reply.metadata.src_node_id
             if reply.has_error():
+                if reply.error.code in gone:  # the node stopped: a dropout, not a refusal
+                    continue
                 out[node] = RuntimeError(reply.error.reason)
             else:
                 out[node] = from_record(reply.content)
@@ -104,11 +110,14 @@ def write_outputs(run: ServerRun, result: dict, out: Path, *, evaluate: bool) ->
                                                   scales=scales, progress=False)
         flower_bytes = result["wire"]["flower_bytes"]
         summ = {
-            "algorithm": cfg.algorithm, "engine": "flower", "config": cfg.to_dict(),
+            "algorithm": cfg.algorithm, "engine": "flower", "run_tag": run.extras.get("run-tag", ""),
+            "config": cfg.to_dict(),
             "model": summary.model_info(model, cfg.model),
             "calibration": {"clients": cfg.clients, "clients_at_end": result["clients_at_end"]},
             "results": results, "sparsity": summary.mask_sparsity(masks, target=cfg.sparsity),
             "communication": {"flower_bytes_per_client": {c: sum(v.values()) for c, v in flower_bytes.items()},
+                              "protocol_bytes_per_client": {c: sum(v.values()) for c, v in
+                                                            result["wire"]["protocol_bytes"].items()},
                               "stages": len(result["stages"])},
             "secure_aggregation": {"backend": cfg.secure_agg},
             "time_s": {"total_s": result["seconds"]},

@@ -24,6 +24,8 @@ FLOWER_KEYS: dict[str, object] = {
     "parallel": 0,  # clients asked at once in a pruning step (0 = all): bounds memory on one machine
     "evaluate": False,  # perplexity of the final model on the server's public test sets
     "wiretap": "",  # test aid: append every content the server receives to this file
+    "keys": "",  # simulation engine only: the keys folder every simulated node reads its own key from
+    "run-tag": "",  # set by `secprune serve`, echoed in summary.json (so a stale output is never mistaken)
 }
 NOT_IN_FLOWER = ("client_data", "out", "overwrite", "save_client_masks", "keep_calibration", "secagg_keys",
                  "device", "baselines", "local_only_clients")

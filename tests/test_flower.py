@@ -1,0 +1,200 @@
+"""The distributed driver (Flower's stages) against the in-process simulation, on an in-process transport.
+
+Every stage runs the ClientApp's own handler, which rebuilds the client from its files (data, keys, saved
+protocol state), and every content crosses Flower's record serialization; the Deployment Engine runs the
+same handlers in separate processes (tests/test_flower_deployment.py).
+"""
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+from secprune.aggregate import final_mask  # noqa: E402
+from secprune.cli import main  # noqa: E402
+from secprune.config import PruneConfig  # noqa: E402
+from secprune.flower.driver import Refused, ServerRun  # noqa: E402
+from secprune.flower.local import LocalTransport  # noqa: E402
+from secprune.flower.settings import app_pyproject, config_from_run, run_config_from  # noqa: E402
+from secprune.masks import MaskSet  # noqa: E402
+from secprune.model import load_model, param_names  # noqa: E402
+from secprune.secagg.errors import SecAggAbortError  # noqa: E402
+
+from .test_privacy_outputs import needles  # noqa: E402
+
+ALGOS = {"one-shot": {}, "iterative": {"strategy": "iterative", "scaling": True},
+         "fedspallm": {"algorithm": "fedspallm", "rounds": 2, "layer_sampling": True, "resources": [0.5]}}
+FLAGS = {"one-shot": [], "iterative": ["--strategy", "iterative", "--scaling"],
+         "fedspallm": ["--algorithm", "fedspallm", "--rounds", "2", "--layer-sampling", "--resources", "0.5"]}
+
+
+def simulate(fed, algo, secure, out, *extra):
+    assert main(["prune", "--model", str(fed["model"]), "--client-data", *fed["files"], "--nsamples", "6",
+                 "--seqlen", "16", "--eval", "--secure-agg", secure, *FLAGS[algo], *extra, "--out", str(out),
+                 "--quiet"]) == 0
+    return out
+
+
+def distributed(fed, algo, secure, tmp_path, *, drop=None, on_received=None):
+    cfg = PruneConfig(model=str(fed["model"]), client_data=fed["files"], nsamples=6, seqlen=16, secure_agg=secure,
+                      eval=[], baselines=[], **ALGOS[algo]).validate()
+    run_config = run_config_from(cfg, directory=str(fed["root"] / "keys" / "directory.json"))
+    nodes = [{"client-id": i, "data": f, "keys": str(fed["root"] / "keys"), "state-dir": str(tmp_path / f"s{i}")}
+             for i, f in enumerate(fed["files"])]
+    if secure == "he":
+        nodes.append({"role": "keyholder", "keys": str(fed["root"] / "keys"), "state-dir": str(tmp_path / "sk")})
+    transport = LocalTransport(run_config, nodes)
+    transport.drop = {100 + c: stage for c, stage in (drop or {}).items()}
+    cfg2, extras = config_from_run(run_config)
+    run = ServerRun(transport, cfg2, extras, on_received=on_received)
+    return run, run.run(), transport
+
+
+def same_masks(a: MaskSet, b_masks: dict, names: dict) -> bool:
+    return all(torch.equal(a.get(0, names[n]), m) for n, m in b_masks.items())
+
+
+@pytest.mark.parametrize("secure", ["none", "pairwise", "he"])
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_distributed_run_is_bit_identical_to_the_simulation(federation, tiny_folder, tmp_path, algo, secure):
+    # prepare: the in-process simulation of the same clients (their own files) and configuration
+    sim = simulate(federation, algo, secure, tmp_path / "sim")
+    reference = MaskSet.load(sim / "final_mask.safetensors")
+    # execute: every client behind the Flower stages, rebuilt from its own files at each stage
+    run, result, transport = distributed(federation, algo, secure, tmp_path)
+    # assert: the same global mask bit for bit (and FedSpaLLM's same global weights), stages as designed
+    names = param_names(load_model(str(tiny_folder))[0])
+    masks = run.strategy.final if algo != "fedspallm" else run.strategy.masks
+    assert same_masks(reference, masks, names)
+    if algo == "fedspallm":
+        from safetensors.torch import load_file
+
+        kept = load_file(str(sim / "global_weights.safetensors"))
+        for n, w in run.strategy.global_w.items():
+            assert torch.equal(w[~masks[n]].cpu(), kept[names[n]])
+    expected = {"none": set(), "pairwise": {"advertise", "share", "consistency", "unmask"},
+                "he": {"he_context", "he_decrypt"}}[secure]
+    assert set(transport.stages) == {"hello", "step", "finish"} | expected
+    steps = transport.stages.count("step")
+    assert steps == {"one-shot": 1, "iterative": 2, "fedspallm": 2}[algo]  # tiny model: 2 layers, 2 rounds
+    assert not [p for i in range(3) for p in (tmp_path / f"s{i}").glob("run-*")]  # finish deleted all state
+
+
+def test_client_killed_after_its_upload_is_recovered(federation, tmp_path):
+    """Client 2 stops after uploading (before the consistency check): its self mask is recovered from its
+    share holders and the sum still holds its vote, exactly as in the simulation of all three."""
+    sim = MaskSet.load(simulate(federation, "one-shot", "pairwise", tmp_path / "sim") / "final_mask.safetensors")
+    run, result, _ = distributed(federation, "one-shot", "pairwise", tmp_path, drop={2: "consistency"})
+    assert result["clients_at_end"] == [0, 1]
+    names = param_names(run.model)
+    assert same_masks(sim, run.strategy.final, names)
+
+
+def test_client_killed_before_its_upload_leaves_the_survivors_sum(federation, tmp_path):
+    """Client 1 stops before its step reply: the sum is clients 0 and 2's (an independent recomputation from
+    their own masks in the simulation), and the dropped client's pairwise masks are removed."""
+    sim = simulate(federation, "one-shot", "pairwise", tmp_path / "sim", "--save-client-masks")
+    clients = MaskSet.load(sim / "private" / "client_masks.safetensors")
+    run, result, _ = distributed(federation, "one-shot", "pairwise", tmp_path, drop={1: "step"})
+    names = param_names(run.model)
+    for n, counts in run.strategy.counts.items():
+        expected = clients.get(0, names[n]).long() + clients.get(2, names[n]).long()
+        assert torch.equal(counts, expected)
+        assert torch.equal(run.strategy.final[n], final_mask(expected, sparsity=0.5, group="layer", seed=0, name=n))
+
+
+def test_too_few_survivors_abort_without_output(federation, tmp_path):
+    from secprune.flower.server_app import write_outputs
+
+    with pytest.raises(SecAggAbortError):
+        run, result, _ = distributed(federation, "one-shot", "pairwise", tmp_path,
+                                     drop={1: "consistency", 2: "consistency"})
+        write_outputs(run, result, tmp_path / "out", evaluate=False)  # never reached
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_client_refusing_a_stage_stops_the_run(federation, tmp_path):
+    """A client whose pinned directory does not match the server's refuses to join; the run stops, naming it."""
+    other = tmp_path / "otherkeys"
+    assert main(["keys", "--clients", "3", "--out", str(other), "--quiet"]) == 0
+    cfg = PruneConfig(model=str(federation["model"]), client_data=federation["files"], nsamples=6, seqlen=16,
+                      secure_agg="pairwise", eval=[], baselines=[]).validate()
+    run_config = run_config_from(cfg, directory=str(federation["root"] / "keys" / "directory.json"))
+    nodes = [{"client-id": i, "data": f, "keys": str(other if i == 1 else federation["root"] / "keys"),
+              "state-dir": str(tmp_path / f"s{i}")} for i, f in enumerate(federation["files"])]
+    with pytest.raises(Refused, match="client 1 refused stage advertise"):
+        ServerRun(LocalTransport(run_config, nodes), *config_from_run(run_config)).run()
+
+
+@pytest.mark.parametrize("secure", ["none", "pairwise", "he"])
+def test_server_receives_only_protocol_bytes(federation, tmp_path, secure):
+    """Everything the server process receives: known protocol fields only, and no client token sequence."""
+    received: list[tuple[str, int, dict]] = []
+    run, result, _ = distributed(federation, "one-shot", secure, tmp_path,
+                                 on_received=lambda stage, c, content: received.append((stage, c, content)))
+    allowed = {"role", "client", "uploads", "mask/msg", "mask/masked", "context", "plain_modulus",
+               "poly_modulus_degree"}
+    tok = load_model(str(federation["model"]))[1]
+    patterns = needles()
+    for text in (open(f).read() for f in federation["files"]):
+        ids = np.array(tok(text[:200], add_special_tokens=False).input_ids)
+        patterns += [ids[s:s + 12].astype(dt).tobytes() for s in range(0, 60, 3) for dt in ("<i8", "<i4", "u1")]
+    for stage, _client, content in received:
+        for key, value in content.items():
+            assert key in allowed or key.startswith(("mask/plain/", "mask/he/", "mask/")), (stage, key)
+            blobs = value if isinstance(value, list) else [value]
+            for blob in blobs:
+                data = blob.tobytes() if isinstance(blob, np.ndarray) else blob if isinstance(blob, bytes) else \
+                    str(blob).encode()
+                assert not any(p in data for p in patterns), (stage, key)
+    sizes = [json.loads(c["uploads"]) for s, _, c in received if s == "step"]
+    assert sizes and all(isinstance(v, dict) for v in sizes)
+
+
+def test_client_state_is_owner_only(federation, tmp_path):
+    """Between stages a client's state (activations, seeds, shares) sits in an owner-only folder of its node."""
+    seen = {}
+
+    def spy(stage, client, content):
+        if stage == "share" and client == 0:
+            run_dir = next((tmp_path / "s0").glob("run-*"))
+            seen["dir"] = stat.S_IMODE(os.stat(run_dir).st_mode)
+            seen["files"] = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in run_dir.iterdir()}
+    distributed(federation, "one-shot", "pairwise", tmp_path, on_received=spy)
+    assert seen["dir"] == 0o700 and seen["files"] and set(seen["files"].values()) == {0o600}
+
+
+def test_the_shipped_flower_app_is_current():
+    from secprune.flower import APP_DIR
+
+    assert (APP_DIR / "pyproject.toml").read_text() == app_pyproject()
+
+
+def test_serve_and_client_assemble_flower_commands(tmp_path, capsys, federation):
+    assert main(["client", "--superlink", "10.0.0.5:9092", "--client-id", "1", "--client-data",
+                 federation["files"][1], "--keys", str(federation["root"] / "keys"), "--port", "9101",
+                 "--dry-run"]) == 0
+    cmd = capsys.readouterr().out
+    assert cmd.startswith("flower-supernode --superlink 10.0.0.5:9092 --port 9101 --node-config")
+    assert "client-id=1" in cmd and f'data="{federation["files"][1]}"' in cmd and "--insecure" in cmd
+    out = tmp_path / "run"
+    assert main(["serve", "--superlink", "10.0.0.5:9093", "--clients", "3", "--secure-agg", "pairwise",
+                 "--directory", str(federation["root"] / "keys" / "directory.json"), "--out", str(out),
+                 "--flower-home", str(tmp_path / "home"), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "flwr run" in text and 'secure-agg = "pairwise"' in text and f'out = "{out}"' in text
+    for argv, needle in ((["serve", "--clients", "3"], "--superlink"),
+                         (["serve", "--superlink", "x:1", "--clients", "2", "--client-data", "a", "b"],
+                          "--client-data"),
+                         (["serve", "--superlink", "x:1", "--clients", "3", "--secure-agg", "he"], "--directory"),
+                         (["client", "--superlink", "x:1"], "--client-id"),
+                         (["client", "--superlink", "x:1", "--client-id", "0", "--client-data", "/nonexistent"],
+                          "--client-data")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1
