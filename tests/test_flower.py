@@ -137,7 +137,7 @@ def test_server_receives_only_protocol_bytes(federation, tmp_path, secure):
     received: list[tuple[str, int, dict]] = []
     run, result, _ = distributed(federation, "one-shot", secure, tmp_path,
                                  on_received=lambda stage, c, content: received.append((stage, c, content)))
-    allowed = {"role", "client", "uploads", "mask/msg", "mask/masked", "context", "plain_modulus",
+    allowed = {"role", "client", "uploads", "timing", "mask/msg", "mask/masked", "context", "plain_modulus",
                "poly_modulus_degree"}
     tok = load_model(str(federation["model"]))[1]
     patterns = needles()

@@ -76,14 +76,20 @@ def _unmask(node: ClientNode, content: dict) -> dict:
 
 def _step(node: ClientNode, content: dict) -> dict:
     """Prune the tasks of this step on the client's own windows, then upload through the secure sum."""
+    import time
+
     import torch
 
+    t0 = time.perf_counter()
     cfg = node.cfg
+    node.model  # noqa: B018 - load it now, to time it apart
+    t_load = time.perf_counter()
     strategy = build_strategy(cfg, secure=cfg.secure_agg != "none")
     tasks = [task_from(s) for s in json.loads(content["tasks"])]
     received = {k[9:]: torch.from_numpy(np.array(v)) for k, v in content.items() if k.startswith("received/")}
     broadcast = {k[10:]: torch.from_numpy(np.array(v)) for k, v in content.items() if k.startswith("broadcast/")}
     uploads = node.run_tasks(strategy, tasks, received=received, broadcast=broadcast)
+    t_prune = time.perf_counter()
     out: dict = {"uploads": json.dumps(uploads)}
     kinds = strategy.kinds(tasks[0])
     if cfg.secure_agg == "none":  # plaintext: what the server would learn without secure aggregation
@@ -111,6 +117,8 @@ def _step(node: ClientNode, content: dict) -> dict:
             client.prg.release()
             node.save(f"pairwise-{k.name}.pkl", client.export_state())
     node.clear_vectors()
+    t_end = time.perf_counter()
+    out["timing"] = json.dumps({"model_load_s": t_load - t0, "prune_s": t_prune - t_load, "upload_s": t_end - t_prune})
     return out
 
 

@@ -113,6 +113,7 @@ class ServerRun:
         self.alive: set[int] = set()
         self.sessions: dict[str, dict] = {}  # scope -> {"kinds": {kind: PairwiseServer}, "epoch": int}
         self.stage_log: list[dict] = []
+        self.step_timing: list[dict] = []  # per step message: each client's own model load / prune / upload time
 
     # --- messaging
     def _send(self, stage: str, contents: dict[int, dict], *, required: bool = False) -> dict[int, dict]:
@@ -187,7 +188,7 @@ class ServerRun:
             broadcast = self.strategy.broadcast(batch[-1])
         self._send("finish", {c: {} for c in sorted(self.alive) + ([-1] if self.secure == "he" else [])})
         return {"seconds": time.perf_counter() - t0, "stages": self.stage_log, "wire": self.wire.summary(),
-                "clients_at_end": sorted(self.alive)}
+                "clients_at_end": sorted(self.alive), "step_timing": self.step_timing}
 
     # --- one step message and its secure sums
     def _layout(self, batch: list[Task]) -> dict[str, int]:
@@ -211,6 +212,7 @@ class ServerRun:
             contents[c] = content | extra.get(c, {})
         replies = self._send_waves("step", contents)
         uploads: dict[int, dict[int, dict[str, int]]] = defaultdict(dict)
+        self.step_timing.append({c: json.loads(r.get("timing", "{}")) for c, r in replies.items()})
         for c, content in replies.items():
             for step, sizes in json.loads(content.get("uploads", "{}")).items():
                 uploads[int(step)][c] = sizes

@@ -124,7 +124,8 @@ def write_outputs(run: ServerRun, result: dict, out: Path, *, evaluate: bool) ->
             "peak_memory": summary.peak_memory_mb("cpu"),
             "files": files,
         }
-        summary.write(tmp, summ, {"stages": result["stages"], "wire": result["wire"]})
+        summary.write(tmp, summ, {"stages": result["stages"], "wire": result["wire"],
+                                  "step_timing": result["step_timing"]})
         outdir.commit(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
