@@ -1,3 +1,3 @@
 """secprune: privacy-preserving federated pruning of LLMs (FedPrLLM, FedSpaLLM) and its audits."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -40,3 +40,9 @@ def test_running_python_satisfies_requires_python():
     spec = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     major, minor = (int(x) for x in spec.split(">=")[1].split(".")[:2])
     assert sys.version_info[:2] >= (major, minor)
+
+
+def test_one_version():
+    import secprune
+
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"] == secprune.__version__
