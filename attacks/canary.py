@@ -166,7 +166,7 @@ def exposure_audit(*, features: torch.Tensor, weights: dict[str, torch.Tensor], 
         for adv in ("informed", "prior"):
             for v in views:
                 vals = [r[adv][v] for r in sub]
-                summary[str(ins)][f"{adv}/{v}"] = _mean_ci(vals)
+                summary[str(ins)][f"{adv}/{v}"] = _mean_ci(vals, top=math.log2(space))
     return {"budget": asdict(budget), "method": method, "space": space, "space_bits": math.log2(space),
             "chance_uniform_rank": X.chance_exposure(space=int(space)),
             "all_tied": X.all_tied_exposure(space=space), "matrices": [f"layers.0.{n}" for n in weights],
@@ -174,15 +174,15 @@ def exposure_audit(*, features: torch.Tensor, weights: dict[str, torch.Tensor], 
             "canary_tokens": len(probe), "rows": rows, "summary": summary}
 
 
-def _mean_ci(vals: list[float]) -> dict:
-    """Mean with a t-interval over the secrets (independent draws)."""
+def _mean_ci(vals: list[float], *, top: float = math.inf) -> dict:
+    """Mean with a t-interval over the secrets (independent draws), clipped to exposure's range [0, top]."""
     from scipy.stats import t as student
 
     a = np.asarray(vals, dtype=np.float64)
     if len(a) < 2:
         return {"mean": float(a.mean()) if len(a) else float("nan"), "ci": [float("nan"), float("nan")], "n": len(a)}
     h = float(student.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
-    return {"mean": float(a.mean()), "ci": [float(a.mean() - h), float(a.mean() + h)], "n": len(a)}
+    return {"mean": float(a.mean()), "ci": [max(float(a.mean() - h), 0.0), min(float(a.mean() + h), top)], "n": len(a)}
 
 
 def _one_secret(*, cand, cand_prior, t_idx, weights, prio, sprio, rest, m, method, sparsity, lam, rng, chunk,

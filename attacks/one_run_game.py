@@ -75,7 +75,7 @@ def run_one_run(engine: LayerZeroMasks, *, parts: list[np.ndarray], canary_pool:
     counts = _count(own)
     noise = torch.from_numpy(rng.poisson(budget.skellam_lam, counts.numel())
                              - rng.poisson(budget.skellam_lam, counts.numel()))
-    rr = own ^ torch.from_numpy(rng.random(tuple(own.shape)) < flip_probability(budget.rr_eps))
+    rr = own ^ torch.from_numpy(rng.random(tuple(own.shape), dtype=np.float32) < flip_probability(budget.rr_eps))
     observed = {"sum": counts.double() / m, "noisy_sum": (counts + noise).double() / m,
                 "final": finals(counts).double()}
 
