@@ -16,9 +16,9 @@ in the client's data is linear in its own statistic:
 
     score(window w) = sum_j g_j s_wj / (2 S_bar_j),        score(token t) = sum_j g_j a_tj^2 / (2 S_bar_j),
 
-(d u_j / d S_j = 1 / (2 S_j)). These power the canary exposure attack, one-run auditing and the
-combined token-recovery attack; ``y`` may be a 0/1 kept mask, a kept *fraction* (vote sums, noisy sums:
-a mean-field use of the same model) or the final mask's kept bits.
+(d u_j / d S_j = 1 / (2 S_j)). The token form powers the combined token-recovery attack
+(:func:`secprune.attacks.inversion.token_evidence`); ``y`` may be a 0/1 kept mask, a kept *fraction*
+(vote sums, noisy sums: a mean-field use of the same model) or the final mask's kept bits.
 """
 
 from __future__ import annotations
@@ -64,19 +64,3 @@ def column_scores(*, kept: dict[str, torch.Tensor], weights: dict[str, torch.Ten
         p = torch.sigmoid(beta * (base - v.view(-1, 1)))
         out[name] = beta * ((yv - p) * valid).sum(0)
     return out
-
-
-def linear_evidence(*, g: dict[str, torch.Tensor], stats: dict[str, torch.Tensor], prior_sq: dict[str, torch.Tensor]
-                    ) -> torch.Tensor:
-    """sum over matrices and columns of g_j s_j / (2 S_bar_j) for each row of ``stats[name]`` ((n, cols)).
-
-    ``stats`` are per-window statistics (one-run canaries) or per-token ``a_t^2`` (tokens): the first-order
-    change of the log-likelihood if that window or token were added to the client's data.
-    """
-    total = None
-    for name, gj in g.items():
-        coef = gj / (2 * prior_sq[name].double().clamp_min(1e-300))
-        part = stats[name].double() @ coef
-        total = part if total is None else total + part
-    assert total is not None, "no matrices given"
-    return total

@@ -4,7 +4,8 @@ The audited run keeps every client's real calibration windows. ``canaries`` publ
 every run window) are each assigned to a random client and included independently with probability
 1/2; the clients' layer-0 masks are computed exactly once (:class:`secprune.audits.engine.LayerZeroMasks`)
 and give the five views of :mod:`secprune.attacks.membership` (own masks of every client, vote sum, noisy
-sum, final mask, randomized response).
+sum, final mask, randomized response). The noisy sum goes through :class:`secprune.dp_sum.NoisySum`, the
+pipeline's own code: every client draws its Skellam share and the sum only sees the noisy submissions.
 
 The auditor is the *informed* adversary of DP (it knows every client's own windows, but not which
 canaries were included). For canary ``c`` of client ``j`` it computes the exact mask direction of
@@ -31,6 +32,7 @@ from secprune.audits import one_run as O
 from secprune.audits.engine import LayerZeroMasks
 from secprune.audits.epsilon import auc_ci
 from secprune.dp import flip_probability
+from secprune.dp_sum import NoisySum
 
 VIEWS = ("own", "sum", "noisy_sum", "final", "rr")
 
@@ -73,10 +75,11 @@ def run_one_run(engine: LayerZeroMasks, *, parts: list[np.ndarray], canary_pool:
     # the run: every client's real windows plus its included canaries
     own = torch.stack([engine.flat(np.concatenate([parts[j], canaries[(owner == j) & included]])) for j in range(m)])
     counts = _count(own)
-    noise = torch.from_numpy(rng.poisson(budget.skellam_lam, counts.numel())
-                             - rng.poisson(budget.skellam_lam, counts.numel()))
+    # the noisy view through the pipeline's own code path: every client adds its share inside a secure sum
+    noisy_sum = NoisySum.make("none", n_clients=m, lam=budget.skellam_lam, noise_seed=budget.seed)
+    noisy = torch.from_numpy(noisy_sum.sum("layer0", [own[j].numpy().astype(np.uint8) for j in range(m)]))
     rr = own ^ torch.from_numpy(rng.random(tuple(own.shape), dtype=np.float32) < flip_probability(budget.rr_eps))
-    observed = {"sum": counts.double() / m, "noisy_sum": (counts + noise).double() / m,
+    observed = {"sum": counts.double() / m, "noisy_sum": noisy.double() / m,
                 "final": finals(counts).double()}
 
     # the auditor: expected statistics and each canary's exact mask direction

@@ -18,7 +18,6 @@ band's new keys into the fixed sorted order of the others.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from secprune.topk import ordered_key
@@ -151,7 +150,3 @@ class BandedFinal:
 def sqrt32(sq: torch.Tensor) -> torch.Tensor:
     """sqrt of float64 squared norms, rounded to float32 exactly as ``wanda_score`` does."""
     return sq.sqrt().to(torch.float32)
-
-
-def flat_hamming(a: np.ndarray, b: np.ndarray) -> int:
-    return int(np.count_nonzero(np.asarray(a) != np.asarray(b)))

@@ -145,3 +145,53 @@ def test_paper_embedding_inversion_runs_and_fits():
     m = LayerZeroMasks(model, pool).masks([0, 1])
     out = inv.embedding_inversion(m, model, positions=8, steps=30)
     assert len(out["tokens"]) == 8 and out["loss_last"] < out["loss_first"]
+
+
+def test_rao_score_is_the_gradient_of_the_mask_likelihood():
+    """column_scores = d/du_j of sum_ij [y log p + (1 - y) log(1 - p)], p = sigmoid(beta (log|W| + u - v)),
+    at the prior u with the row thresholds v held fixed: checked by central finite differences."""
+    from secprune.attacks.evidence import column_scores, row_thresholds
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(12, 9, generator=g, dtype=torch.float64)
+    prior = torch.rand(9, generator=g, dtype=torch.float64) + 0.5
+    y = (torch.rand(12, 9, generator=g) < 0.5).double()
+    beta = 3.0
+    score = column_scores(kept={"m": y}, weights={"m": w}, prior_sq={"m": prior}, beta=beta)["m"]
+    base = torch.log(w.abs()) + 0.5 * torch.log(prior).view(1, -1)
+    v = row_thresholds(base=base, valid=torch.ones_like(w, dtype=torch.bool), kept_fraction=y.mean(1), beta=beta)
+    assert torch.allclose(torch.sigmoid(beta * (base - v.view(-1, 1))).mean(1), y.mean(1), atol=1e-6)
+
+    def loglik(u):
+        p = torch.sigmoid(beta * (torch.log(w.abs()) + u.view(1, -1) - v.view(-1, 1)))
+        return float((y * torch.log(p) + (1 - y) * torch.log1p(-p)).sum())
+
+    u0 = 0.5 * torch.log(prior)
+    for j in range(9):
+        e = torch.zeros(9, dtype=torch.float64)
+        e[j] = 1e-5
+        assert score[j].item() == pytest.approx((loglik(u0 + e) - loglik(u0 - e)) / 2e-5, rel=1e-4, abs=1e-6)
+
+
+def test_token_recovery_baselines_and_the_prior_plus_evidence_attack():
+    freq = np.array([50.0, 30.0, 10.0, 5.0, 4.0, 1.0, 0.0])
+    lp = inv.presence_log_prior(freq=freq, n_tokens=20)
+    f = freq / freq.sum()
+    assert np.allclose(np.exp(lp[:6]), 1 - (1 - f[:6]) ** 20) and np.isneginf(lp[6])
+    cand = np.flatnonzero(freq > 0)
+    prior_rank = [int(t) for t in np.argsort(-freq, kind="stable")]
+    b = inv.data_free_baselines(true_tokens={0, 3, 5}, prior_rank=prior_rank, candidates=cand, freq=freq, k=3)
+    assert b["prior_precision"] == pytest.approx(1 / 3) and b["chance_precision"] == pytest.approx(3 / 6)
+    assert b["best"] == pytest.approx(0.5) and b["best_name"] == "uniform chance"
+    assert b["prior_sampling_per_position"] == pytest.approx((50 + 5 + 1) / 100)
+    # evidence that points at the true tokens gets weight, and then recovers them exactly
+    rng = np.random.default_rng(0)
+    shadows_good = []
+    for _ in range(6):
+        true = set(rng.choice(6, 3, replace=False).tolist())
+        good = np.array([1.0 if t in true else 0.0 for t in range(7)]) + 0.01 * rng.normal(size=7)
+        shadows_good.append((good, true))
+    w_good, table = inv.fit_weight(shadows=shadows_good, log_prior=lp, candidates=cand)
+    assert w_good > 0 and table[str(w_good)] == pytest.approx(1.0) and table["0.0"] < 1.0
+    ranked = inv.combined_ranking(log_prior=lp, evidence=np.zeros(7), weight=1.0, candidates=cand)
+    assert ranked == prior_rank[:6]  # no evidence: the prior's order
