@@ -262,7 +262,10 @@ def distributed_skellam_accounting(*, lam: float, n_clients: int, dropouts: int,
     log_p_clip = log_tail + math.log(max(entries, 1) * n_clients)
     eps = res["eps"]
     clip_delta = math.exp(min(log_p_clip + math.log1p(math.exp(min(eps, 700.0))), 0.0))
+    vacuous = eps > 100  # then e^eps makes the clipping term (and any guarantee) meaningless
     return {"mechanism": "skellam", "lam": lam, "share_mu": mu, "clients": n_clients,
+            "note": ("epsilon > 100: no meaningful guarantee (the clipping term (1 + e^eps) P of delta_total is "
+                     "capped at 1)") if vacuous else "",
             "dropouts_assumed": dropouts, "colluders_assumed": colluders, "secure_aggregation": secure,
             "noise_lam_guaranteed": guaranteed, "noise_lam_nominal": nominal,
             "noise_sd_guaranteed": math.sqrt(2 * guaranteed), "entries": entries, "sensitivity_h": entries,
