@@ -2,11 +2,14 @@
 
 * Entropy (FedPrLLM App. C, footnote 3): the empirical entropy of the mask bits (1.0 bit at 50%
   sparsity) against the empirical entropy of block 0's q_proj weights rounded to fp16 (paper: 13.75 bits
-  on LLaMA-7B). Those are *capacities*. What a mask actually reveals about the calibration set is
-  I(mask; data) = H(mask) (the mask is a deterministic function of the data); from masks of many
-  independent calibration draws we report the sum of per-bit entropies (an upper bound on H(mask) by
-  subadditivity, biased low for rarely-flipping bits when draws are few), the fraction of bits that ever
-  flip and the plug-in joint entropy (at most log2(draws), so it saturates).
+  on LLaMA-7B). Those are *capacities*. What a mask reveals about the calibration set is
+  I(mask; data) = H(mask) (the mask is a deterministic function of the data), and H(mask) <= H(data):
+  for a client whose k windows are drawn at random offsets of a stream of N tokens, H(data) <= k log2 N,
+  a few dozen bits (:func:`data_entropy_bound`). From masks of independent calibration draws we report
+  the plug-in sum of per-bit entropies (it estimates sum_b H(bit_b), which bounds H(mask) from above only
+  in expectation and is biased by the few draws; here it is far above H(data), so it is no useful
+  bound), the fraction of bits that ever flip, and the number of distinct masks (every draw giving its
+  own mask means the mask identifies its calibration set among the draws).
 * Similarity: Hamming distance (fraction of differing bits) between masks of independent calibration
   sets (paper: 4.96%).
 * Sensitivity: Hamming distance between masks of neighbouring sets, replace-one and remove-one
@@ -68,6 +71,21 @@ def information_across_draws(flat_masks: torch.Tensor, engine: LayerZeroMasks) -
             "mean_bit_entropy": float(h.mean()), "distinct_masks": distinct,
             "plugin_joint_entropy_bits": float(-(q * np.log2(q)).sum()), "plugin_cap_bits": math.log2(max(n, 1)),
             "per_matrix": per_matrix}
+
+
+def data_entropy_bound(*, windows_per_client: int, stream_tokens: int, seqlen: int, pool: int) -> dict:
+    """Upper bounds on H(data), hence on H(mask) = I(mask; data), for the calibration sampling at hand.
+
+    ``bits``: a client's ``k`` windows start at uniformly random offsets of a stream of ``stream_tokens``
+    tokens (how ``secprune`` draws calibration): H <= k log2(stream_tokens - seqlen). ``audit_draws_bits``:
+    the entropy audit draws k distinct windows of a pool of ``pool``: H = log2 C(pool, k).
+    """
+    k = windows_per_client
+    offsets = max(stream_tokens - seqlen, 1)
+    return {"bits": float(k * math.log2(offsets)) if stream_tokens else float("nan"),
+            "audit_draws_bits": float(math.log2(math.comb(pool, k))) if pool >= k else float("nan"),
+            "windows_per_client": k, "stream_tokens": stream_tokens,
+            "definition": "H(mask) <= H(data) <= k log2(number of window offsets)"}
 
 
 def pairwise_hamming_packed(packed: dict[str, np.ndarray], shapes: dict[str, tuple], *, max_pairs: int = 120,

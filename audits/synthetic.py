@@ -30,6 +30,26 @@ def zipf_windows(n: int, seqlen: int, *, vocab: int, rng: np.random.Generator, e
     return torch.from_numpy(rng.choice(vocab, size=(n, seqlen), p=p)).long()
 
 
+class ByteTokenizer:
+    """A tokenizer for the tiny model: one token per byte (digits are single tokens), no download."""
+
+    class _Out:
+        def __init__(self, ids: list[int]) -> None:
+            self.input_ids = ids
+
+    def __init__(self, vocab: int = 256) -> None:
+        self.vocab = vocab
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> ByteTokenizer._Out:
+        return self._Out([b % self.vocab for b in text.encode()])
+
+    def __len__(self) -> int:
+        return self.vocab
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) % 256 for i in ids).decode(errors="replace")
+
+
 def token_frequencies(windows: torch.Tensor, vocab: int) -> np.ndarray:
     return np.bincount(windows.reshape(-1).numpy(), minlength=vocab).astype(np.float64)
 
@@ -54,6 +74,6 @@ def synthetic_inputs(*, method: str = "wanda", planted_token: int = 200, clients
     freq = token_frequencies(pop, vocab) + 1.0  # the attacker's prior covers the vocabulary
     ev = zipf_windows(2, seqlen, vocab=vocab, rng=rng)
     return AuditInputs(model=model, windows=windows, parts=parts, client_masks=res.client_masks, population=pop,
-                       vocab_freq=freq, eval_windows=ev, method=method, seed=seed,
+                       vocab_freq=freq, eval_windows=ev, method=method, seed=seed, tokenizer=ByteTokenizer(vocab),
                        decode=lambda ids: " ".join(f"<{i}>" for i in ids),
                        run_info={"model": "tiny-random-llama", "synthetic": True, "planted_token": planted_token})

@@ -54,27 +54,34 @@ def register(sub) -> None:
                    help="PTB/wiki-lead windows of the run (default: 4)")
     b = p.add_argument_group("budgets (the defaults finish in minutes on 2 CPU cores)")
     for flag, default, text in (
-            ("--population", 32, "extra public windows for shadow sets"),
+            ("--population", 96, "public windows disjoint from the run's (half shadow pool, half challenger pool; "
+                                  "one-run canaries)"),
             ("--entropy-draws", 16, "independent calibration sets drawn for the entropy estimate"),
             ("--sensitivity-pairs", 16, "layer-0 neighbour pairs per kind"),
             ("--full-depth-pairs", 1, "all-layer neighbour pairs per kind"),
-            ("--mia-targets", 6, "membership-inference target windows"),
+            ("--mia-targets", 8, "membership-inference target windows (one per client)"),
             ("--mia-shadows-in", 12, "shadow sets with the target, per target"),
-            ("--mia-shadows-out", 32, "shadow sets without the target, per target"),
-            ("--mia-eval-in", 6, "member trials per target"),
-            ("--mia-eval-out", 32, "non-member trials per target"),
+            ("--mia-shadows-out", 48, "shadow sets without the target (shared by the targets)"),
+            ("--mia-eval-in", 24, "member trials per target, one fresh mask each"),
+            ("--mia-eval-out", 24, "non-member trials per target, one fresh mask each"),
+            ("--one-run-canaries", 96, "canaries of the one-run audit (at most --population)"),
+            ("--canary-digits", 4, "digits of the exposure canary's secret (|R| = 10^digits)"),
+            ("--canary-secrets", 4, "random secrets per insertion count"),
             ("--inversion-clients", 2, "clients attacked by token recovery"),
             ("--inversion-steps", 100, "optimisation steps of the paper's embedding inversion"),
+            ("--recovery-shadows", 12, "attacker's shadow clients for the prior + evidence token attack"),
             ("--eval-windows", 4, "perplexity windows for the defence curve")):
         b.add_argument(flag, type=int, metavar="N", default=default, help=f"{text} (default: {default})")
+    b.add_argument("--canary-insertions", default="1,8", metavar="LIST",
+                   help="how often the canary sentence is inserted into client 0's text (default: 1,8)")
     b.add_argument("--view-rr-eps", type=float, metavar="X", default=2.0,
-                   help="epsilon per bit of the noisy own-mask view (default: 2.0)")
+                   help="epsilon per bit of the randomized-response view (default: 2.0)")
     b.add_argument("--view-skellam-lam", type=float, metavar="X", default=50.0,
                    help="Skellam lambda of the noisy-sum view (default: 50.0)")
-    b.add_argument("--defence-rr-eps", default="0.5,2,8", metavar="LIST",
-                   help="epsilon-per-bit values of the utility curve (default: 0.5,2,8)")
-    b.add_argument("--defence-skellam-lam", default="2,32,512", metavar="LIST",
-                   help="Skellam lambda values of the utility curve (default: 2,32,512)")
+    b.add_argument("--defence-rr-eps", default="2", metavar="LIST",
+                   help="epsilon-per-bit values of the simulated utility curve (default: 2)")
+    b.add_argument("--defence-skellam-lam", default="4,1e4", metavar="LIST",
+                   help="Skellam lambda values of the simulated utility curve (default: 4,1e4)")
     b.add_argument("--delta", type=float, metavar="X", default=1e-5,
                    help="delta of every (epsilon, delta) (default: 1e-5)")
     p.add_argument("--quiet", action="store_true", help="print errors only")
@@ -94,26 +101,40 @@ def register(sub) -> None:
 
 
 def budget_from_args(args: argparse.Namespace):
+    from secprune.attacks.canary import CanaryBudget
     from secprune.attacks.membership import MIABudget
+    from secprune.attacks.one_run_game import OneRunBudget
     from secprune.audits.runner import AuditBudget
 
     for name in ("population", "entropy_draws", "mia_targets", "mia_shadows_in", "mia_shadows_out", "mia_eval_in",
-                 "mia_eval_out", "eval_windows", "sensitivity_pairs", "full_depth_pairs", "inversion_clients",
-                 "inversion_steps"):
+                 "mia_eval_out", "one_run_canaries", "canary_secrets", "eval_windows",
+                 "sensitivity_pairs", "full_depth_pairs", "inversion_clients", "inversion_steps", "recovery_shadows"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.mia_shadows_out < 1 or args.mia_eval_out < 2 or args.mia_eval_in < 1 or args.mia_targets < 1:
-        raise UsageError("--mia-*: need at least 1 target, 1 out-shadow, 1 member and 2 non-member trials")
+    if args.mia_shadows_out < 2 or args.mia_eval_out < 1 or args.mia_eval_in < 1 or args.mia_targets < 1:
+        raise UsageError("--mia-*: need at least 1 target, 2 out-shadows, 1 member and 1 non-member trial per target")
+    if args.population < 4:
+        raise UsageError(f"--population must be >= 4 (shadow and challenger pools), got {args.population}")
+    if not 1 <= args.canary_digits <= 8:
+        raise UsageError(f"--canary-digits must lie in 1..8, got {args.canary_digits}")
+    insertions = [int(x) for x in _floats(args.canary_insertions)]
+    if not insertions or min(insertions) < 1:
+        raise UsageError(f"--canary-insertions: expected positive integers, got {args.canary_insertions!r}")
     if not 0 < args.delta < 1:
         raise UsageError(f"--delta must lie in (0, 1), got {args.delta}")
     if args.view_rr_eps <= 0 or args.view_skellam_lam <= 0:
         raise UsageError("--view-rr-eps and --view-skellam-lam must be > 0")
     mia = MIABudget(targets=args.mia_targets, shadows_in=args.mia_shadows_in, shadows_out=args.mia_shadows_out,
-                    eval_in=args.mia_eval_in, eval_out=args.mia_eval_out, rr_eps=args.view_rr_eps,
-                    skellam_lam=args.view_skellam_lam, seed=args.seed)
+                    trials_in=args.mia_eval_in, trials_out=args.mia_eval_out,
+                    rr_eps=args.view_rr_eps, skellam_lam=args.view_skellam_lam, seed=args.seed)
+    one = OneRunBudget(canaries=args.one_run_canaries, skellam_lam=args.view_skellam_lam, rr_eps=args.view_rr_eps,
+                       delta=args.delta, seed=args.seed)
+    canary = CanaryBudget(length=args.canary_digits, secrets=max(args.canary_secrets, 1), insertions=insertions,
+                          skellam_lam=args.view_skellam_lam, seed=args.seed)
     return AuditBudget(population=args.population, entropy_draws=max(args.entropy_draws, 2),
                        sensitivity_pairs=args.sensitivity_pairs, full_depth_pairs=args.full_depth_pairs, mia=mia,
-                       inversion_clients=args.inversion_clients, inversion_steps=args.inversion_steps,
+                       one_run=one, canary=canary, inversion_clients=args.inversion_clients,
+                       inversion_steps=args.inversion_steps, recovery_shadows=args.recovery_shadows,
                        rr_eps=_floats(args.defence_rr_eps), skellam_lam=_floats(args.defence_skellam_lam),
                        eval_windows=args.eval_windows, delta=args.delta, seed=args.seed)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from secprune.errors import UsageError
 
-GROUPS = ("model and run", "data", "local pruning", "server", "secure aggregation", "FedSpaLLM", "evaluation",
-          "output")
+GROUPS = ("model and run", "data", "local pruning", "server", "secure aggregation", "differential privacy",
+          "FedSpaLLM", "evaluation", "output")
 
 
 def opt(default=MISSING, *, help: str, group: str, choices: tuple | None = None, metavar: str | None = None,
@@ -90,6 +90,19 @@ class PruneConfig:
                                   help="--secure-agg pairwise: folder of the clients' long-term Ed25519 keys and "
                                        "the pinned key directory (made by `secprune keys`); default: fresh keys "
                                        "for this run")
+    # --- differential privacy (secprune.dp_sum; docs/privacy.md)
+    dp_noise: str = opt("none", group="differential privacy", choices=("none", "skellam"),
+                        help="noise each client adds to its vote vector inside the secure sum: none, or skellam "
+                             "(distributed Skellam mechanism; fedprllm only)")
+    dp_lambda: float = opt(0.0, group="differential privacy", metavar="LAMBDA",
+                           help="--dp-noise skellam: Skellam parameter of the guaranteed total noise per vote count "
+                                "(variance 2 LAMBDA); each client adds LAMBDA / (clients - dropouts - colluders)")
+    dp_dropouts: int = opt(0, group="differential privacy",
+                           help="--dp-noise: dropouts the accounting tolerates (the noise is scaled up for them)")
+    dp_colluders: int = opt(0, group="differential privacy",
+                            help="--dp-noise: clients that may share their noise with the server (the noise is "
+                                 "scaled up for them)")
+    dp_delta: float = opt(1e-5, group="differential privacy", help="--dp-noise: delta of the reported (epsilon, delta)")
     # --- FedSpaLLM
     rounds: int = opt(1, group="FedSpaLLM", help="communication rounds (Algorithm 1)")
     expansion: bool = opt(True, group="FedSpaLLM",
@@ -198,6 +211,22 @@ class PruneConfig:
         need(self.secagg_threshold is None or not self.layer_sampling,
              "--secagg-threshold: not with --layer-sampling (each layer's sum runs over the clients that sampled "
              "it, with the safe default threshold for their number)")
+
+        # differential privacy: distributed noise on FedPrLLM's vote sums
+        if self.dp_noise == "none":
+            for name in ("dp_lambda", "dp_dropouts", "dp_colluders", "dp_delta"):
+                need(name not in explicit, f"--{_flag(name)}: only used with --dp-noise skellam")
+        else:
+            need(self.algorithm == "fedprllm",
+                 f"--dp-noise {self.dp_noise}: only with --algorithm fedprllm (it noises FedPrLLM's vote sums)")
+            need(self.dp_lambda > 0, f"--dp-lambda must be > 0 with --dp-noise {self.dp_noise}, got {self.dp_lambda}")
+            need(self.dp_dropouts >= 0 and self.dp_colluders >= 0,
+                 "--dp-dropouts and --dp-colluders must be >= 0")
+            need(self.dp_dropouts + self.dp_colluders < self.clients,
+                 f"--dp-dropouts {self.dp_dropouts} + --dp-colluders {self.dp_colluders}: must leave at least one "
+                 f"honest client of {self.clients}")
+            need(0 < self.dp_delta < 1, f"--dp-delta must lie in (0, 1), got {self.dp_delta}")
+            need(not self.scaling, "--scaling: not with --dp-noise (scale factors need exact vote counts in [0, m])")
 
         if self.algorithm == "fedspallm":  # clients send SparseGPT-updated weights for Eq. 5 (FedSpaLLM Sec. 5)
             need(self.method in ("auto", "sparsegpt"),

@@ -9,10 +9,12 @@ Two mechanisms, each with its accounting:
   ``D_a = 1/(a-1) log((1-q)^a q^(1-a) + q^a (1-q)^(1-a))`` (Mironov 2017, Def. 3 applied to two
   Bernoulli laws), composes additively over ``h`` bits and converts to (eps, delta) with opacus'
   ``get_privacy_spent``, which is tighter than ``h * eps_bit`` when ``h`` is large.
-* **Skellam noise on vote counts inside the secure sum** (Agarwal, Kairouz & Liu 2021): each of the
-  ``m`` clients adds ``Poisson(lam/m) - Poisson(lam/m)`` to every entry of its vote vector before the
-  secure summation, so the server only learns counts + ``Sk(lam, lam)`` (variance ``2 lam``; the Skellam
-  family is closed under sums). One client's mask changes each count by at most 1, so for ``h``
+* **Skellam noise on vote counts inside the secure sum** (Agarwal, Kairouz & Liu 2021): each client
+  adds its share ``Poisson(mu) - Poisson(mu)`` to every entry of its vote vector before the secure
+  summation (:func:`client_noise_share`, run client-side; :class:`secprune.dp_sum.NoisySum` wires it into
+  the pipeline), so the server only learns counts + ``Sk(m mu, m mu)`` (variance ``2 m mu``; the Skellam
+  family is closed under sums). :func:`distributed_skellam_accounting` states what holds with dropouts
+  and colluding clients. One client's mask changes each count by at most 1, so for ``h``
   differing bits the RDP is ``h * D_a(Sk || Sk + 1)``; we compute this Renyi divergence numerically
   from the Skellam pmf (scipy), because opacus covers the continuous Gaussian only. The continuous
   Gaussian reference (noise ``N(0, 2 lam)``, L2 sensitivity ``sqrt(h)``) uses opacus' RDP accountant.
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -118,8 +119,11 @@ def skellam_rdp(lam: float, orders: list[float] | float, *, shift: int = 1) -> n
 
     a = np.atleast_1d(np.asarray(orders, dtype=np.float64))
     sd = math.sqrt(2 * lam)
-    if sd > GAUSSIAN_LIMIT_SD:  # Gaussian limit a * shift^2 / (2 var); relative error O(1/lam), tested
-        return a * shift * shift / (2 * 2 * lam)
+    if sd > GAUSSIAN_LIMIT_SD:  # the numerical sum would need ~80 sd terms: use the proven upper bound
+        # of Agarwal, Kairouz & Liu 2021 (Skellam mechanism RDP, Sec. 3) with L1 = L2 = |shift|:
+        # a D2^2 / (4 lam) + min(((2a - 1) D2^2 + 6 D1) / (16 lam^2), 3 D1 / (4 lam))
+        d = abs(shift)
+        return a * d * d / (4 * lam) + np.minimum(((2 * a - 1) * d * d + 6 * d) / (16 * lam * lam), 3 * d / (4 * lam))
     span = int(math.ceil(40 * sd + 60 + abs(shift) * 40))
     k = np.arange(-span, span + 1)
     with np.errstate(divide="ignore"):  # Sk(lam, lam) pmf = e^{-2 lam} I_|k|(2 lam) = ive(|k|, 2 lam)
@@ -170,55 +174,111 @@ def lam_for_epsilon(eps: float, *, h: int, delta: float, lo: float = 1e-3, hi: f
     return hi
 
 
-def skellam_shares(shape: tuple[int, ...], *, lam: float, n_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Each client's noise share Poisson(lam/m) - Poisson(lam/m); their sum is Sk(lam, lam)."""
-    part = lam / n_clients
-    return [rng.poisson(part, size=shape).astype(np.int64) - rng.poisson(part, size=shape).astype(np.int64)
-            for _ in range(n_clients)]
+# ---------------------------------------------------------------- distributed Skellam noise (client side)
+def skellam_share_log_tail(*, mu: float, bound: int) -> float:
+    """log of a Chernoff upper bound on P(|X| > bound) for one share X = Poisson(mu) - Poisson(mu).
 
-
-def noisy_secure_sum(vectors: list[np.ndarray], *, lam: float, rng: np.random.Generator, summer=None,
-                     key: str = "noisy") -> np.ndarray:
-    """Counts + Skellam noise computed *inside* the secure sum: the server never sees noise-free counts.
-
-    Secure-sum backends take non-negative integers in ``[0, max_value]``, so every client submits
-    ``vote + share + B`` with an offset ``B`` (public) and the server subtracts ``m * B``. Shares beyond
-    ``+-B`` (probability below 1e-12 per entry for ``B = 14 sd + 4``) are clipped; that tail adds to delta.
+    P(X >= b) <= exp(-b t + 2 mu (cosh t - 1)) for every t > 0 (the mgf of X is exp(2 mu (cosh t - 1)));
+    t = asinh(b / (2 mu)) minimizes it. Two-sided, b = bound + 1.
     """
-    m = len(vectors)
-    shares = skellam_shares(vectors[0].shape, lam=lam, n_clients=m, rng=rng)
-    sd = math.sqrt(2 * lam / m)
-    bound = int(math.ceil(14 * sd + 4))
-    subm = [np.asarray(v, dtype=np.int64) + np.clip(s, -bound, bound) + bound
-            for v, s in zip(vectors, shares, strict=True)]
-    if summer is None:
-        total = np.sum(subm, axis=0)
-    else:
-        total = np.asarray(summer.sum(key, subm), dtype=np.int64)
-    return total - m * bound
+    if mu <= 0:
+        return -math.inf
+    b = bound + 1.0
+    t = math.asinh(b / (2 * mu))
+    return math.log(2.0) - b * t + 2 * mu * (math.sqrt(1 + (b / (2 * mu)) ** 2) - 1)
 
 
-@dataclass
-class Mechanism:
-    """A noise setting of the defence: ``kind`` is 'rr' (eps per bit) or 'skellam' (lam)."""
+def skellam_share_bound(*, mu: float, log_tail: float = -200.0) -> int:
+    """Smallest integer clip bound B with P(|share| > B) <= e^log_tail (Chernoff bound above)."""
+    if mu <= 0:
+        return 0
+    hi = 1
+    while skellam_share_log_tail(mu=mu, bound=hi) > log_tail:
+        hi *= 2
+    lo = hi // 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if skellam_share_log_tail(mu=mu, bound=mid) > log_tail:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
-    kind: str
-    param: float
 
-    def label(self) -> str:
-        return f"RR eps_bit={self.param:g}" if self.kind == "rr" else f"Skellam lam={self.param:.3g}"
+def client_noise_share(*, size: int, mu: float, bound: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """One client's noise share for a secure sum (Agarwal, Kairouz & Liu 2021, the distributed Skellam
+    mechanism): ``Poisson(mu) - Poisson(mu)`` per entry, clipped to ``[-bound, bound]`` so that the
+    submission fits the secure sum's range. Returns (share int64, number of clipped entries).
+
+    Runs on the client, in its own process, with its own unpredictable generator; the server never sees
+    a share, only the sum of all submissions.
+    """
+    raw = rng.poisson(mu, size).astype(np.int64) - rng.poisson(mu, size).astype(np.int64)
+    clipped = int(np.count_nonzero(np.abs(raw) > bound))
+    return np.clip(raw, -bound, bound), clipped
 
 
-def noisy_counts_from_masks(client_masks, name: str, mech: Mechanism, *, rng: np.random.Generator,
-                            generator: torch.Generator | None = None) -> torch.Tensor:
-    """What the server sees for matrix ``name`` under ``mech``, from a MaskSet of client masks."""
-    shape = client_masks.shapes[name]
-    if mech.kind == "rr":
-        total = torch.zeros(shape, dtype=torch.int64)
-        for i in range(client_masks.n):
-            total += randomized_response(client_masks.get(i, name), mech.param, generator=generator).to(torch.int64)
-        return total
-    if mech.kind == "skellam":
-        vecs = [client_masks.flat(i, name) for i in range(client_masks.n)]
-        return torch.from_numpy(noisy_secure_sum(vecs, lam=mech.param, rng=rng)).view(shape)
-    raise ValueError(f"unknown mechanism {mech.kind!r}; expected 'rr' or 'skellam'")
+def client_submission(*, vector: np.ndarray, share: np.ndarray, bound: int) -> np.ndarray:
+    """What a client submits to the secure sum: ``vector + share + bound`` (all in ``[0, max + 2 bound]``),
+    followed by one entry equal to 1 that counts the clients whose submission arrived, so that the server
+    can remove the public offsets (``survivors * bound``) whoever dropped out."""
+    body = np.asarray(vector, dtype=np.int64) + share + bound
+    return np.concatenate([body, np.ones(1, dtype=np.int64)])
+
+
+def server_unoffset(*, total: np.ndarray, bound: int) -> tuple[np.ndarray, int]:
+    """Inverse of :func:`client_submission` on the secure sum's output: (noisy sum, survivors)."""
+    survivors = int(total[-1])
+    return np.asarray(total[:-1], dtype=np.int64) - survivors * bound, survivors
+
+
+def distributed_skellam_accounting(*, lam: float, n_clients: int, dropouts: int, colluders: int, entries: int,
+                                   delta: float, secure: bool, log_tail: float = -200.0) -> dict:
+    """(eps, delta) of FedPrLLM vote sums with distributed Skellam noise, with its assumptions stated.
+
+    Each client adds ``Sk(mu, mu)`` with ``mu = lam / (m - dropouts - colluders)`` to every entry, so that
+    the honest clients that survive (at least ``m - dropouts - colluders``, the client being protected
+    among them) add at least ``Sk(lam, lam)`` (Skellam laws add up): the *guaranteed* noise, valid when at
+    most ``dropouts`` clients drop and at most ``colluders`` share their noise with the server. With
+    every client present and honest the noise is ``Sk(m mu, m mu)`` (*nominal*). Without secure
+    aggregation the server sees each submission alone: only the client's own share ``Sk(mu, mu)``
+    protects it.
+
+    Sensitivity: one client (or one of its windows) can change every bit of its top-k mask, so each of
+    the ``entries`` counts moves by at most 1: RDP ``entries * D_a(Sk + 1 || Sk)`` (:func:`skellam_epsilon`,
+    numerically exact). Clipping each share at ``B`` (probability at most ``p = e^log_tail`` per share and
+    entry, Chernoff) changes the output only on an event of probability ``P <= entries * m * p``; that adds
+    ``(1 + e^eps) P`` to delta.
+    """
+    honest = n_clients - dropouts - colluders
+    if honest < 1:
+        raise ValueError(f"dropouts ({dropouts}) + colluders ({colluders}) must leave an honest client "
+                         f"of {n_clients}")
+    mu = lam / honest
+    guaranteed = lam if secure else mu
+    nominal = mu * n_clients if secure else mu
+    res = skellam_epsilon(guaranteed, h=max(entries, 1), delta=delta)
+    res_nom = skellam_epsilon(nominal, h=max(entries, 1), delta=delta)
+    log_p_clip = log_tail + math.log(max(entries, 1) * n_clients)
+    eps = res["eps"]
+    clip_delta = math.exp(min(log_p_clip + math.log1p(math.exp(min(eps, 700.0))), 0.0))
+    vacuous = eps > 100  # then e^eps makes the clipping term (and any guarantee) meaningless
+    return {"mechanism": "skellam", "lam": lam, "share_mu": mu, "clients": n_clients,
+            "note": ("epsilon > 100: no meaningful guarantee (the clipping term (1 + e^eps) P of delta_total is "
+                     "capped at 1)") if vacuous else "",
+            "dropouts_assumed": dropouts, "colluders_assumed": colluders, "secure_aggregation": secure,
+            "noise_lam_guaranteed": guaranteed, "noise_lam_nominal": nominal,
+            "noise_sd_guaranteed": math.sqrt(2 * guaranteed), "entries": entries, "sensitivity_h": entries,
+            "delta": delta, "epsilon": eps, "epsilon_nominal": res_nom["eps"], "best_order": res["best_order"],
+            "clip_log_tail_per_share": log_tail, "clip_delta": clip_delta, "delta_total": delta + clip_delta,
+            "assumptions": (f"client-level (and window-level) neighbours; one client can change all {entries} "
+                            "mask bits it sends (top-k), each count by at most 1; at most "
+                            f"{dropouts} dropouts and {colluders} clients colluding with the server; "
+                            + ("noise added inside the secure sum" if secure else
+                               "no secure aggregation: the server sees each noisy submission, only the "
+                               "client's own share protects it"))}
+
+
+def skellam_noise(shape: tuple[int, ...], *, lam: float, rng: np.random.Generator) -> np.ndarray:
+    """Sk(lam, lam) samples: the law of the sum of every client's (unclipped) share."""
+    return rng.poisson(lam, size=shape).astype(np.int64) - rng.poisson(lam, size=shape).astype(np.int64)

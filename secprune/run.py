@@ -138,7 +138,13 @@ def _run_fedprllm(cfg: PruneConfig, prep: Prepared, tmp: Path, partial: Path, *,
     m = len(calib.parts)
     spec = LocalSpec(make_method(cfg.method, sparsegpt_update=cfg.sparsegpt_update), cfg.sparsity,
                      cfg.local_group, cfg.seed, cfg.batch_size)
-    summer = make_summer(cfg.secure_agg, n_clients=m, seed=cfg.seed, **secagg_options(cfg))
+    if cfg.dp_noise == "skellam":  # each client adds its noise share inside the secure sum (secprune.dp_sum)
+        from secprune.dp_sum import NoisySum
+
+        summer = NoisySum.make(cfg.secure_agg, n_clients=m, lam=cfg.dp_lambda, dropouts=cfg.dp_dropouts,
+                               colluders=cfg.dp_colluders, delta=cfg.dp_delta, seed=cfg.seed, **secagg_options(cfg))
+    else:
+        summer = make_summer(cfg.secure_agg, n_clients=m, seed=cfg.seed, **secagg_options(cfg))
     n_local = min(cfg.local_only_clients, m) if "local-only" in cfg.baselines else 0
     keep = list(range(n_local)) if cfg.sparsegpt_update and cfg.strategy == "one-shot" else []
     log.info(f"[bold]secprune[/] fedprllm/{cfg.method}: {m} clients, {len(calib.windows)} windows x {cfg.seqlen} "
@@ -205,6 +211,8 @@ def _run_fedprllm(cfg: PruneConfig, prep: Prepared, tmp: Path, partial: Path, *,
     summ = common_summary(cfg, prep) | {
         "results": results, "sparsity": sparsity, "communication": comm, "secure_aggregation": sec,
         "time_s": timings, "files": files}
+    if hasattr(summer, "privacy"):  # --dp-noise: the (epsilon, delta) accounting (docs/outputs.md)
+        summ["differential_privacy"] = summer.privacy()
     return summ, {"communication": comm_log, "secure_aggregation": sec_log}
 
 

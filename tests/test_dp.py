@@ -60,39 +60,6 @@ def test_lam_for_epsilon_inverts():
     assert dp.skellam_epsilon(lam / 1.05, h=10, delta=1e-5)["eps"] > 2.0 - 0.05
 
 
-def test_noisy_secure_sum_inside_secure_summation():
-    from secprune.secagg import make_summer
-
-    rng = np.random.default_rng(0)
-    m, d, lam = 5, 20_000, 8.0
-    vecs = [rng.integers(0, 2, size=d).astype(np.uint8) for _ in range(m)]
-    plain = np.sum(vecs, axis=0).astype(np.int64)
-    noisy = dp.noisy_secure_sum(vecs, lam=lam, rng=rng)
-    diff = noisy - plain
-    assert abs(diff.mean()) < 0.1 and diff.var() == pytest.approx(2 * lam, rel=0.05)
-    bound = int(math.ceil(14 * math.sqrt(2 * lam / m) + 4))
-    summer = make_summer("none", n_clients=m, max_value=1 + 2 * bound)
-    noisy2 = dp.noisy_secure_sum(vecs, lam=lam, rng=np.random.default_rng(1), summer=summer)
-    assert (noisy2 - plain).var() == pytest.approx(2 * lam, rel=0.05)
-
-
-def test_noisy_counts_from_masks_rr_and_skellam():
-    from secprune.masks import MaskSet
-
-    ms = MaskSet(3)
-    g = torch.Generator().manual_seed(0)
-    for i in range(3):
-        ms.put("layers.0.q", i, torch.rand(50, 40, generator=g) < 0.5)
-    exact = sum(ms.get(i, "layers.0.q").to(torch.int64) for i in range(3))
-    rng = np.random.default_rng(0)
-    same = dp.noisy_counts_from_masks(ms, "layers.0.q", dp.Mechanism("rr", math.inf), rng=rng)
-    assert torch.equal(same, exact)
-    noisy = dp.noisy_counts_from_masks(ms, "layers.0.q", dp.Mechanism("skellam", 4.0), rng=rng)
-    assert noisy.shape == exact.shape and not torch.equal(noisy, exact)
-    with pytest.raises(ValueError):
-        dp.noisy_counts_from_masks(ms, "layers.0.q", dp.Mechanism("laplace", 1.0), rng=rng)
-
-
 def test_rr_noisy_counts_matches_simulating_every_client():
     m, eps = 5, 0.7
     q = dp.flip_probability(eps)

@@ -192,6 +192,8 @@ def test_serve_and_client_assemble_flower_commands(tmp_path, capsys, federation)
                          (["serve", "--superlink", "x:1", "--clients", "2", "--client-data", "a", "b"],
                           "--client-data"),
                          (["serve", "--superlink", "x:1", "--clients", "3", "--secure-agg", "he"], "--directory"),
+                         (["serve", "--simulation", "--clients", "3", "--dp-noise", "skellam", "--dp-lambda", "5"],
+                          "--dp-noise"),
                          (["client", "--superlink", "x:1"], "--client-id"),
                          (["client", "--superlink", "x:1", "--client-id", "0", "--client-data", "/nonexistent"],
                           "--client-data")):

@@ -13,7 +13,9 @@ from secprune.report import SECTIONS, write_report
 
 @pytest.fixture(scope="module")
 def audit_dir(tmp_path_factory):
+    from secprune.attacks.canary import CanaryBudget
     from secprune.attacks.membership import MIABudget
+    from secprune.attacks.one_run_game import OneRunBudget
     from secprune.audits.runner import AuditBudget, run_core, save_audit
     from secprune.audits.synthetic import synthetic_inputs
 
@@ -22,9 +24,10 @@ def audit_dir(tmp_path_factory):
     try:
         inp = synthetic_inputs(population=24)
         b = AuditBudget(population=24, entropy_draws=4, sensitivity_pairs=3, full_depth_pairs=1,
-                        mia=MIABudget(targets=2, shadows_in=4, shadows_out=8, eval_in=4, eval_out=8),
-                        inversion_clients=1, inversion_steps=5, inversion_positions=8, rr_eps=[1.0],
-                        skellam_lam=[4.0], eval_windows=1)
+                        mia=MIABudget(targets=2, shadows_in=4, shadows_out=8, trials_in=6, trials_out=6),
+                        one_run=OneRunBudget(canaries=16), canary=CanaryBudget(length=3, secrets=2, insertions=[1, 2]),
+                        inversion_clients=1, inversion_steps=5, inversion_positions=8, recovery_shadows=3,
+                        rr_eps=[1.0], skellam_lam=[4.0], eval_windows=1)
         res, priv = run_core(inp, b, quiet=True)
     finally:
         torch.set_num_threads(n)
@@ -33,13 +36,18 @@ def audit_dir(tmp_path_factory):
     return d
 
 
+FIGURES = {"roc_linear", "roc_loglog", "per_target_auc", "one_run", "exposure", "hamming_histograms",
+           "per_layer_sensitivity", "utility_vs_epsilon", "inversion"}
+
+
 def test_audit_json_has_every_part(audit_dir):
     a = json.loads((audit_dir / "audit.json").read_text())
-    for key in ("entropy", "similarity", "sensitivity", "membership", "inversion", "defence", "summary", "paper"):
+    for key in ("entropy", "similarity", "sensitivity", "membership", "one_run", "exposure", "inversion", "defence",
+                "summary", "paper", "population"):
         assert key in a
-    assert "unbounded" in a["summary"]["epsilon_statement"]
-    assert set(a["membership"]["results"]) == {f"{x}/{v}" for x in ("lira", "hamming")
-                                               for v in ("own", "sum", "rr", "noisy_sum")}
+    assert set(a["membership"]["results"]) == {f"lira/{v}" for v in ("own", "sum", "noisy_sum", "final", "rr")} | {
+        "hamming/own", "hamming/sum"}
+    assert set(a["one_run"]["results"]) == {"own", "sum", "noisy_sum", "final", "rr"}
     assert (audit_dir / "private" / "reconstructions.json").is_file()
     # the audit never writes private text into audit.json
     assert "<200>" not in (audit_dir / "audit.json").read_text()
@@ -52,10 +60,9 @@ def test_report_sections_figures_and_redaction(audit_dir, tmp_path):
     for sid, title in SECTIONS:
         assert f"id='{sid}'" in html
         assert f"## {title}" in md
-    assert html.count("data:image/png;base64,") == 6
+    assert html.count("data:image/png;base64,") == len(FIGURES)
     rep = json.loads(Path(out["json"]).read_text())
-    assert set(rep["figures"]) == {"roc_linear", "roc_loglog", "hamming_histograms", "per_layer_sensitivity",
-                                   "utility_vs_epsilon", "inversion"}
+    assert set(rep["figures"]) == FIGURES
     assert rep["figures"]["roc_linear"]["data"]["lira/own"]["fpr"][0] == 0.0
     for name in rep["figures"]:
         assert (tmp_path / "r" / "figures" / f"{name}.png").stat().st_size > 1000
@@ -63,6 +70,41 @@ def test_report_sections_figures_and_redaction(audit_dir, tmp_path):
     assert not list((tmp_path / "r").glob("*.tmp*")) and not list((tmp_path / "r").glob(".*tmp*"))
     shown = write_report(audit_dir, tmp_path / "s", show_reconstructions=True)
     assert "&lt;200&gt;" in Path(shown["html"]).read_text()
+
+
+def _rewrite(audit_dir, tmp_path, name, edit):
+    a = json.loads((audit_dir / "audit.json").read_text())
+    edit(a)
+    d = tmp_path / name
+    d.mkdir()
+    (d / "audit.json").write_text(json.dumps(a))
+    rep = json.loads(Path(write_report(d, tmp_path / f"{name}-r")["json"]).read_text())
+    return " ".join(" ".join(v) for v in rep["text"].values()), rep
+
+
+def test_report_sentences_follow_the_numbers(audit_dir, tmp_path):
+    def final_lower(a):
+        a["membership"]["results"]["lira/final"].update(auc=0.55, auc_ci=[0.5, 0.6])
+        a["membership"]["results"]["lira/sum"].update(auc=0.95, auc_ci=[0.9, 0.99])
+        a["inversion"]["summary"]["best_attack"] = {"attack": "combined", "view": "own", "lift": 0.97}
+
+    def final_same(a):
+        a["membership"]["results"]["lira/final"].update(auc=0.93, auc_ci=[0.85, 0.97])
+        a["membership"]["results"]["lira/sum"].update(auc=0.95, auc_ci=[0.9, 0.99])
+        a["inversion"]["summary"]["best_attack"] = {"attack": "combined", "view": "own", "lift": 1.2}
+        a["inversion"]["summary"]["combined_own_precision"] = 0.42
+
+    lower, _ = _rewrite(audit_dir, tmp_path, "lower", final_lower)
+    same, rep = _rewrite(audit_dir, tmp_path, "same", final_same)
+    assert "is lower for the final mask (0.55 [0.50, 0.60]) than for the vote sum (0.95 [0.90, 0.99])" in lower
+    assert "no attack beats the best data-free baseline" in lower.lower()
+    assert "final mask 0.93 [0.85, 0.97], vote sum 0.95 [0.90, 0.99]; the 95% intervals overlap" in same
+    assert "lift 1.20" in same and "42.0%" in same
+    # the epsilon statement quotes the bound and its ceiling from audit.json
+    s = rep["summary"]
+    best = max(s["mia"].values(), key=lambda r: r["eps_lower_bound"])
+    assert f"epsilon >= {best['eps_lower_bound']:.2f}" in rep["statement"] or best["eps_lower_bound"] == 0
+    assert f"at most {best['eps_max_attainable']:.2f}" in rep["statement"] or best["eps_lower_bound"] == 0
 
 
 def test_cli_report_and_usage_errors(audit_dir, tmp_path, capsys):
@@ -97,7 +139,7 @@ def test_report_renders_in_headless_chromium(audit_dir, tmp_path):
     cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-    assert f'data-probe="6/6 {len(SECTIONS)}"' in dom
+    assert f'data-probe="{len(FIGURES)}/{len(FIGURES)} {len(SECTIONS)}"' in dom
     for sid, _ in SECTIONS:
         assert f'id="{sid}"' in dom
     shot = tmp_path / "shot.png"

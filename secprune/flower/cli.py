@@ -144,6 +144,9 @@ def cmd_serve(args: argparse.Namespace, config_from_args, emit) -> int:
         raise UsageError("--client-data: each client passes its own text to `secprune client`; the server never "
                          "sees it")
     cfg.validate()
+    if cfg.dp_noise != "none":
+        raise UsageError(f"--dp-noise {cfg.dp_noise}: not yet in the Flower apps (the clients would add their "
+                         "noise shares in the client app); use `secprune prune` for distributed DP")
     if cfg.secure_agg != "none" and not args.directory:
         raise UsageError(f"--directory: --secure-agg {cfg.secure_agg} needs the pinned key directory "
                          "(directory.json of `secprune keys`)")
