@@ -82,12 +82,12 @@ def apply_masks(model, masks: dict[str, torch.Tensor], *, scales: dict[str, torc
     backup = {}
     for name, mask in masks.items():
         lin = lins[name]
-        backup[name] = lin.weight.data
-        lin.weight.data = pruned_weight(lin.weight.data, mask, None if scales is None else scales[name])
+        backup[name] = lin.weight
+        lin.weight = pruned_weight(lin.weight, mask, None if scales is None else scales[name])
     return backup
 
 
 def restore(model, backup: dict[str, torch.Tensor]) -> None:
     lins = all_prunable(model)
     for name, w in backup.items():
-        lins[name].weight.data = w
+        lins[name].weight = w

@@ -174,7 +174,7 @@ def simulate(model, windows: torch.Tensor, parts: Sequence[np.ndarray], strategy
             replay.start()
         assert replay.layer == task.layer, (replay.layer, task.layer)
         lins = replay.linears()
-        dense = {n: lin.weight.data for n, lin in lins.items()}
+        dense = {n: lin.weight for n, lin in lins.items()}
         received = {n: w.to(dense[n].device) for n, w in (strategy.received(task) or {}).items()}
         layer = {n: received.get(n, dense[n]) for n in lins}
         stats = replay.statistics(strategy.method, groups=[parts[i] for i in task.clients], weights=received or None)

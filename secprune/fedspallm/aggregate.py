@@ -76,7 +76,10 @@ def prune_counts(*, pruned: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def expansion_k(*, counts: torch.Tensor, n_clients: int, sparsity: float) -> int:
-    """Eq. 7: ``k = ceil(s * d) - #{j : C_j = N}`` (negative when the clients already agree on more)."""
+    """Eq. 7: ``k = ceil(s * d) - #{j : C_j = N}`` (negative when the clients already agree on more); summed
+    over the experts of an expert stack (experts, out, in), each expert being its own matrix."""
+    if counts.dim() == 3:
+        return sum(expansion_k(counts=c, n_clients=n_clients, sparsity=sparsity) for c in counts)
     return target_pruned(sparsity=sparsity, numel=counts.numel()) - int((counts == n_clients).sum())
 
 
@@ -88,7 +91,12 @@ def expand_mask(*, counts: torch.Tensor, n_clients: int, sparsity: float, magnit
     largest ``C_j`` among the others are pruned too (ties: smaller ``|W_g|``, then a seeded priority from
     ``(seed, name)``), so exactly ``ceil(s * d)`` entries are pruned whenever ``k >= 0``. If ``k < 0`` (the
     clients pruned beyond the target everywhere they agree) nothing is added and the intersection is kept.
+    An expert stack (experts, out, in) is expanded expert by expert.
     """
+    if counts.dim() == 3:
+        return torch.stack([expand_mask(counts=c, n_clients=n_clients, sparsity=sparsity, seed=seed,
+                                        magnitude=None if magnitude is None else magnitude[e], name=f"{name}[{e}]")
+                            for e, c in enumerate(counts)])
     counts = counts.to("cpu", torch.int64)
     all_pruned = counts == n_clients
     k = expansion_k(counts=counts, n_clients=n_clients, sparsity=sparsity)

@@ -175,8 +175,8 @@ def apply_weights(model, weights: dict[str, torch.Tensor]) -> dict[str, torch.Te
     lins = all_prunable(model)
     backup = {}
     for name, w in weights.items():
-        backup[name] = lins[name].weight.data
-        lins[name].weight.data = w.to(backup[name].device, backup[name].dtype)
+        backup[name] = lins[name].weight
+        lins[name].weight = w.to(backup[name].device, backup[name].dtype)
     return backup
 
 
@@ -185,4 +185,4 @@ def restore_weights(model, backup: dict[str, torch.Tensor]) -> None:
 
     lins = all_prunable(model)
     for name, w in backup.items():
-        lins[name].weight.data = w
+        lins[name].weight = w

@@ -182,7 +182,7 @@ class ClientNode:
             if replay.layer != task.layer:
                 raise RuntimeError(f"client {self.client}: windows at layer {replay.layer}, task is layer {task.layer}")
             lins = replay.linears()
-            dense = {n: lin.weight.data for n, lin in lins.items()}
+            dense = {n: lin.weight for n, lin in lins.items()}
             got = {n[len(f"layers.{task.layer}."):]: w for n, w in received.items()
                    if n.startswith(f"layers.{task.layer}.")}
             layer = {n: got.get(n, dense[n]) for n in lins}
@@ -211,7 +211,7 @@ class ClientNode:
     def _advance(self, replay: Replay, strategy, task: Task, update: ClientUpdate | None,
                  layer: dict[str, torch.Tensor] | None = None) -> None:
         if layer is None:
-            layer = {n: lin.weight.data for n, lin in replay.linears().items()}
+            layer = {n: lin.weight for n, lin in replay.linears().items()}
         own = np.arange(replay.windows.shape[0])
         replay.advance([(own, strategy.next_weights(task, update=update, layer=layer))])
 
