@@ -22,7 +22,8 @@ from secprune.secagg import SecureSum, make_summer
 from secprune.simulation import OneSummer, simulate
 from secprune.strategies.fedprllm import STRATEGIES, FedPrLLM
 
-__all__ = ["STRATEGIES", "FedResult", "LocalSpec", "apply_masks", "federated_prune", "restore", "server_masks"]
+__all__ = ["STRATEGIES", "FedResult", "LocalSpec", "apply_masks", "federated_prune", "local_prune", "restore",
+           "server_masks"]
 
 
 @dataclass
@@ -73,6 +74,19 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
                    fingerprint_extra={"secure": summer.name})
     return FedResult(sim.client_masks, strat.counts, strat.final, m, strategy, server_group, scaling, summer.stats(),
                      sim.kept)
+
+
+def local_prune(model, windows: torch.Tensor, *, spec: LocalSpec, checkpoint: Path | None = None,
+                keep_weights: bool = False, desc: str = "local", progress: bool = True
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """One party pruning alone with ``windows``: plain Wanda / SparseGPT / magnitude, i.e. the party's own
+    local masks (``int(s * group size)`` per comparison group), with no server top-k on top (which would
+    prune extra weights whenever ``s`` times the group size is not a whole number). Returns (masks, the
+    party's updated weights with ``keep_weights`` and SparseGPT's OBS update, else None). The centralized
+    and local-only baselines (FedPrLLM Table 1) are this."""
+    res = federated_prune(model, windows, [np.arange(len(windows))], spec=spec, checkpoint=checkpoint,
+                          keep_weights=[0] if keep_weights else [], desc=desc, progress=progress)
+    return res.client_masks.party(0), res.weights.get(0)
 
 
 def apply_masks(model, masks: dict[str, torch.Tensor], *, scales: dict[str, torch.Tensor] | None = None

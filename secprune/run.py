@@ -23,7 +23,7 @@ from secprune.aggregate import count_dtype, scale_factor
 from secprune.comm import mask_communication
 from secprune.config import PruneConfig
 from secprune.evaluate import evaluate_model
-from secprune.federated import FedResult, LocalSpec, federated_prune
+from secprune.federated import FedResult, LocalSpec, federated_prune, local_prune
 from secprune.masks import MaskSet
 from secprune.methods import make_method
 from secprune.model import UsageError, inspect_model, load_lm, load_tokenizer, max_context, param_names
@@ -161,24 +161,22 @@ def _run_fedprllm(cfg: PruneConfig, prep: Prepared, tmp: Path, partial: Path, *,
     results["federated"] = evaluate_model(model, evals, masks=fed.final, scales=scales, label="federated",
                                           progress=progress) | {"mask_sparsity": sparsity["mask"]}
     timings["eval_s"] = time.perf_counter() - t
-    if "centralized" in cfg.baselines:  # one client holding every window: plain local pruning
+    if "centralized" in cfg.baselines:  # one party holding every window: plain local pruning, no server top-k
         t = time.perf_counter()
-        cen = federated_prune(model, calib.windows, [np.arange(len(calib.windows))], spec=spec,
-                              checkpoint=partial / "centralized", keep_weights=[0] if cfg.sparsegpt_update else [],
-                              desc="centralized", progress=progress)
+        masks, weights = local_prune(model, calib.windows, spec=spec, checkpoint=partial / "centralized",
+                                     keep_weights=cfg.sparsegpt_update, desc="centralized", progress=progress)
         timings["centralized_prune_s"] = time.perf_counter() - t
-        results["centralized"] = evaluate_model(model, evals, masks=cen.final, weights=cen.weights.get(0),
+        results["centralized"] = evaluate_model(model, evals, masks=masks, weights=weights,
                                                 label="centralized", progress=progress) | {
-            "mask_sparsity": summary.mask_sparsity(cen.final, target=cfg.sparsity)["mask"]}
+            "mask_sparsity": summary.mask_sparsity(masks, target=cfg.sparsity)["mask"]}
     if n_local:
         per_client = []
         for i in range(n_local):
             if cfg.strategy == "one-shot":  # one-shot client masks ARE each client's stand-alone masks
                 masks, weights = fed.client_masks.party(i), fed.weights.get(i)
-            else:
-                solo = federated_prune(model, calib.windows[torch.as_tensor(calib.parts[i])],
-                                       [np.arange(len(calib.parts[i]))], spec=spec, progress=False)
-                masks, weights = solo.final, None
+            else:  # iterative: the client's own model, pruned alone (its masks; no server top-k)
+                masks, weights = local_prune(model, calib.windows[torch.as_tensor(calib.parts[i])], spec=spec,
+                                             progress=False)
             per_client.append(evaluate_model(model, evals, masks=masks, weights=weights, label=f"local {i}",
                                              progress=progress) | {
                 "mask_sparsity": summary.mask_sparsity(masks, target=cfg.sparsity)["mask"]})
