@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from secprune.topk import lowest_k_mask, priority
+from secprune.topk import lowest_k_mask, tie_break
 
 
 def count_dtype(n_clients: int) -> np.dtype:
@@ -16,9 +16,11 @@ def count_dtype(n_clients: int) -> np.dtype:
     return np.dtype(np.uint64)
 
 
-def final_mask(counts: torch.Tensor, *, sparsity: float, group: str, seed: int, name: str) -> torch.Tensor:
-    """Step 4: prune the k weights with the most votes in every server comparison group."""
-    prio = priority(shape=tuple(counts.shape), group=group, seed=seed, tag=f"server:{name}")
+def final_mask(counts: torch.Tensor, *, sparsity: float, group: str, seed: int, name: str, stable: bool = False
+               ) -> torch.Tensor:
+    """Step 4: prune the k weights with the most votes in every server comparison group (ties: seeded, or
+    the lower index with ``stable``, as upstream's row/column selection by ``torch.sort(stable=True)``)."""
+    prio = tie_break(shape=tuple(counts.shape), group=group, seed=seed, tag=f"server:{name}", stable=stable)
     return lowest_k_mask(-counts.to(torch.float32), sparsity=sparsity, group=group, prio=prio)
 
 

@@ -67,6 +67,11 @@ class PruneConfig:
     local_group: str = opt("auto", group="local pruning", choices=("auto", "row", "layer", "column"),
                            help="comparison group of the clients' top-k; auto = row (Wanda) for fedprllm, "
                                 "layer (SparseGPT) for fedspallm")
+    numerics: str = opt("default", group="local pruning", choices=("default", "reference"),
+                        help="reference: reproduce upstream Wanda/FedPrLLM bit for bit (float32 running mean of the "
+                             "squared norms per calibration sample, ties to the lower index as a stable sort, "
+                             "windows drawn with Python's random.seed/randint and split by random.shuffle as their "
+                             "loaders do, one window per forward); default: float64 sums, seeded tie-breaks")
     # --- server
     server_group: str = opt("layer", group="server", choices=("layer", "row", "column"),
                             help="comparison group of the server's vote top-k (FedPrLLM Table 2)")
@@ -230,6 +235,18 @@ class PruneConfig:
             need("random" not in self.baselines, "--baselines random: only with --algorithm fedspallm")
             self.sparsegpt_update = bool(self.sparsegpt_update)
             self.local_group = "row" if self.local_group == "auto" else self.local_group
+
+        if self.numerics == "reference":  # upstream's own protocol (locuslab/wanda, Pengxin-Guo/FedPrLLM)
+            need(self.algorithm == "fedprllm" and self.method == "wanda",
+                 f"--numerics reference: reproduces upstream Wanda/FedPrLLM; got --algorithm {self.algorithm} "
+                 f"--method {self.method}")
+            need(not self.client_data, "--numerics reference: draws the windows from one --calib corpus as upstream's "
+                                       "loaders do; not with --client-data")
+            need(self.partition == "iid" and "," not in self.calib,
+                 "--numerics reference: one --calib corpus split by random.shuffle (no --partition dirichlet)")
+            need("batch_size" not in explicit or self.batch_size == 1,
+                 f"--batch-size {self.batch_size}: --numerics reference runs one window per forward, as upstream")
+            self.batch_size = 1
 
         # FedSpaLLM
         need(self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}")

@@ -33,6 +33,20 @@ class LocalSpec:
     local_group: str = "row"
     seed: int = 0
     batch_size: int = 8
+    stable_ties: bool = False  # --numerics reference: ties to the lower index (upstream's stable sort)
+
+
+def spec_from_config(cfg, *, alone: bool = False) -> LocalSpec:
+    """The clients' local pruning of a validated :class:`~secprune.config.PruneConfig`. ``alone``: a party
+    pruning by itself (the centralized and local-only baselines). With ``--numerics reference`` Wanda is
+    upstream's, padded with zero samples up to ``nsamples`` where upstream's loop does it (one-shot clients,
+    ``prune_wanda`` baselines; not its iterative clients), and ties go to the lower index."""
+    from secprune.methods import make_method
+
+    reference = cfg.numerics == "reference"
+    pad_to = cfg.nsamples if reference and (alone or cfg.strategy == "one-shot") else None
+    method = make_method(cfg.method, sparsegpt_update=cfg.sparsegpt_update, numerics=cfg.numerics, pad_to=pad_to)
+    return LocalSpec(method, cfg.sparsity, cfg.local_group, cfg.seed, cfg.batch_size, stable_ties=reference)
 
 
 @dataclass
@@ -68,7 +82,8 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
     m = len(parts)
     summer = summer or make_summer("none", n_clients=m)
     strat = FedPrLLM(method=spec.method, n_clients=m, sparsity=spec.sparsity, local_group=spec.local_group,
-                     server_group=server_group, strategy=strategy, scaling=scaling, seed=spec.seed)
+                     server_group=server_group, strategy=strategy, scaling=scaling, seed=spec.seed,
+                     stable_ties=spec.stable_ties)
     sim = simulate(model, windows, parts, strat, summers=OneSummer(summer), batch_size=spec.batch_size,
                    checkpoint=checkpoint, keep=keep_weights, record_masks=True, desc=desc, progress=progress,
                    fingerprint_extra={"secure": summer.name})

@@ -23,9 +23,8 @@ from secprune.aggregate import count_dtype, scale_factor
 from secprune.comm import mask_communication
 from secprune.config import PruneConfig
 from secprune.evaluate import evaluate_model
-from secprune.federated import FedResult, LocalSpec, federated_prune, local_prune
+from secprune.federated import FedResult, federated_prune, local_prune, spec_from_config
 from secprune.masks import MaskSet
-from secprune.methods import make_method
 from secprune.model import UsageError, inspect_model, load_lm, load_tokenizer, max_context, param_names
 from secprune.secagg import make_summer
 
@@ -136,8 +135,7 @@ def _run_fedprllm(cfg: PruneConfig, prep: Prepared, tmp: Path, partial: Path, *,
     torch.manual_seed(cfg.seed)
     model, calib, evals = prep.model, prep.calib, prep.evals
     m = len(calib.parts)
-    spec = LocalSpec(make_method(cfg.method, sparsegpt_update=cfg.sparsegpt_update), cfg.sparsity,
-                     cfg.local_group, cfg.seed, cfg.batch_size)
+    spec, alone = spec_from_config(cfg), spec_from_config(cfg, alone=True)
     summer = make_summer(cfg.secure_agg, n_clients=m, seed=cfg.seed, **secagg_options(cfg))
     n_local = min(cfg.local_only_clients, m) if "local-only" in cfg.baselines else 0
     keep = list(range(n_local)) if cfg.sparsegpt_update and cfg.strategy == "one-shot" else []
@@ -163,7 +161,7 @@ def _run_fedprllm(cfg: PruneConfig, prep: Prepared, tmp: Path, partial: Path, *,
     timings["eval_s"] = time.perf_counter() - t
     if "centralized" in cfg.baselines:  # one party holding every window: plain local pruning, no server top-k
         t = time.perf_counter()
-        masks, weights = local_prune(model, calib.windows, spec=spec, checkpoint=partial / "centralized",
+        masks, weights = local_prune(model, calib.pooled, spec=alone, checkpoint=partial / "centralized",
                                      keep_weights=cfg.sparsegpt_update, desc="centralized", progress=progress)
         timings["centralized_prune_s"] = time.perf_counter() - t
         results["centralized"] = evaluate_model(model, evals, masks=masks, weights=weights,
@@ -175,7 +173,7 @@ def _run_fedprllm(cfg: PruneConfig, prep: Prepared, tmp: Path, partial: Path, *,
             if cfg.strategy == "one-shot":  # one-shot client masks ARE each client's stand-alone masks
                 masks, weights = fed.client_masks.party(i), fed.weights.get(i)
             else:  # iterative: the client's own model, pruned alone (its masks; no server top-k)
-                masks, weights = local_prune(model, calib.windows[torch.as_tensor(calib.parts[i])], spec=spec,
+                masks, weights = local_prune(model, calib.windows[torch.as_tensor(calib.parts[i])], spec=alone,
                                              progress=False)
             per_client.append(evaluate_model(model, evals, masks=masks, weights=weights, label=f"local {i}",
                                              progress=progress) | {

@@ -3,8 +3,9 @@
 FedPrLLM (Sec. 2, Table 2) compares weights inside a *layer*, a *row* (one output neuron, as Wanda does)
 or a *column* (one input feature). In each group the ``k = int(sparsity * group_size)`` lowest scores are
 pruned. Scores tie often (the packaged SmolLM2 weights were 4-bit, and server vote counts are small
-integers), so ties are broken by a seeded random priority: we fuse (score, priority) into one unique
-int64 key and select with ``kthvalue``, which is O(n) where a full sort is O(n log n).
+integers), so ties are broken by a seeded random priority (or, with ``--numerics reference``, by the index
+as upstream's stable sort does): we fuse (score, priority) into one unique int64 key and select with
+``kthvalue``, which is O(n) where a full sort is O(n log n).
 """
 
 from __future__ import annotations
@@ -33,6 +34,25 @@ def priority(*, shape: tuple[int, ...], group: str, seed: int, tag: str) -> torc
     if group == "layer":
         return torch.randperm(rows * cols, generator=gen).view(rows, cols)
     raise ValueError(f"comparison group must be one of {GROUPS}, got {group!r}")
+
+
+def index_priority(*, shape: tuple[int, ...], group: str) -> torch.Tensor:
+    """The tie-break of a stable sort (``torch.sort(..., stable=True)``, as upstream Wanda and FedPrLLM
+    select): ties go to the lower index inside the group (``--numerics reference``)."""
+    rows, cols = shape[-2:]
+    if group == "row":
+        return torch.arange(cols).view(1, cols)
+    if group == "column":
+        return torch.arange(rows).view(rows, 1)
+    if group == "layer":
+        return torch.arange(rows * cols).view(rows, cols)
+    raise ValueError(f"comparison group must be one of {GROUPS}, got {group!r}")
+
+
+def tie_break(*, shape: tuple[int, ...], group: str, seed: int, tag: str, stable: bool = False) -> torch.Tensor:
+    """:func:`index_priority` when ``stable``, else the seeded :func:`priority`."""
+    return index_priority(shape=shape, group=group) if stable else priority(shape=shape, group=group, seed=seed,
+                                                                            tag=tag)
 
 
 def ordered_key(score: torch.Tensor, prio: torch.Tensor) -> torch.Tensor:

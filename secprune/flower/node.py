@@ -49,10 +49,13 @@ def build_strategy(cfg: PruneConfig, *, secure: bool):
                          expansion=cfg.expansion, layer_sampling=cfg.layer_sampling, resources=cfg.resources,
                          local_group=cfg.local_group, seed=cfg.seed, clip_factor=DEFAULT_CLIP_FACTOR,
                          fixed_point_bits=cfg.fixed_point_bits if secure else None)
+    from secprune.federated import spec_from_config
     from secprune.strategies.fedprllm import FedPrLLM
 
-    return FedPrLLM(method=method, n_clients=cfg.clients, sparsity=cfg.sparsity, local_group=cfg.local_group,
-                    server_group=cfg.server_group, strategy=cfg.strategy, scaling=cfg.scaling, seed=cfg.seed)
+    spec = spec_from_config(cfg)
+    return FedPrLLM(method=spec.method, n_clients=cfg.clients, sparsity=cfg.sparsity, local_group=cfg.local_group,
+                    server_group=cfg.server_group, strategy=cfg.strategy, scaling=cfg.scaling, seed=cfg.seed,
+                    stable_ties=spec.stable_ties)
 
 
 @lru_cache(maxsize=2)
