@@ -43,6 +43,9 @@ class PruneConfig:
                               help="number of simulated clients (default: 16, or one per --client-data file)")
     nsamples: int = opt(32, group="data",
                         help="calibration windows in total, split across the clients (Wanda/SparseGPT use 128)")
+    samples_per_client: int | None = opt(None, group="data", metavar="N",
+                                         help="calibration windows of each client, its own (FedSpaLLM Sec. 5 gives "
+                                              "each client 32 x 2048 tokens); --nsamples becomes N x --clients")
     seqlen: int = opt(512, group="data", help="tokens per calibration window (at most the model's context)")
     calib: str = opt("wiki-lead", group="data", metavar="SOURCES",
                      help="public corpus of the simulated clients: ptb, wiki-lead, brown, brown:<genre>, or "
@@ -174,6 +177,15 @@ class PruneConfig:
             self.clients = 16
         need("alpha" not in explicit or self.partition == "dirichlet",
              f"--alpha {self.alpha}: only used with --partition dirichlet")
+        if self.samples_per_client is not None:  # each client its own N windows, not a share of --nsamples
+            need(self.samples_per_client >= 1, f"--samples-per-client must be >= 1, got {self.samples_per_client}")
+            need(self.partition == "iid", "--samples-per-client: every client holds N windows; not with "
+                                          "--partition dirichlet (which gives clients unequal shares)")
+            total = self.samples_per_client * self.clients
+            need("nsamples" not in explicit or self.nsamples == total,
+                 f"--nsamples {self.nsamples}: contradicts --samples-per-client {self.samples_per_client} x "
+                 f"{self.clients} clients (= {total} windows); give one of them")
+            self.nsamples = total
         need(self.clients <= self.nsamples,
              f"--clients {self.clients}: more clients than calibration windows (--nsamples {self.nsamples})")
 

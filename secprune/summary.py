@@ -70,8 +70,8 @@ def secagg_parts(stats: dict, *, backend: str) -> tuple[dict, dict]:
     """(summary part, log part) of a summer's ``stats()`` or FedSpaLLM's per-summer list."""
     if "summers" in stats:  # FedSpaLLM: one summer per (participants, kind)
         summers = stats["summers"]
-        extra = {k: stats[k] for k in ("fixed_point_bits", "max_abs_error", "clipped_entries", "clip_factor")
-                 if k in stats}
+        extra = {k: stats[k] for k in ("fixed_point_bits", "max_abs_error", "max_abs_error_after_masking",
+                                       "mask_flips", "clipped_entries", "clip_factor") if k in stats}
         client_bits = [s["client_sent_bits_per_entry"] for s in summers]
         return ({"backend": backend, "sessions": int(sum(s["rounds"] for s in summers)),
                  "total_bytes": int(stats["total_bytes"]),

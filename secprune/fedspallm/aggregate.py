@@ -10,7 +10,8 @@ over the ``N`` clients that pruned that layer in the current round (``N = |S_j|`
 * Eq. 6: ``C_j = sum_i I(M_i^(j) = 0)``, the number of clients that pruned weight ``j``.
 * Eq. 7: ``k = ceil(s * d) - sum_j I(C_j = N)`` more weights are pruned, chosen among those not pruned by
   every client in decreasing order of ``C_j`` (most agreement first). Ties in ``C_j`` are broken by the
-  smaller aggregated magnitude ``|W_g|`` and then by a seeded random priority (the paper leaves ties open).
+  smaller aggregated magnitude ``|W_g|`` and then by a seeded random priority (the paper leaves ties open;
+  :func:`tie_decided` counts the picks the tie-break decides).
 
 Secure aggregation of the two sums of Eq. 5 (see :func:`secure_l0_sums`): the clients submit fixed-point
 integers ``q_i = round(clip(M_i * W_i, -b, b) * 2^B / b) + 2^B`` in ``[0, 2^(B+1)]`` (``B`` = fractional
@@ -115,6 +116,22 @@ def expand_mask(*, counts: torch.Tensor, n_clients: int, sparsity: float, magnit
     thresh = candidates.kthvalue(min(k, candidates.numel())).values
     chosen = (key >= 0) & (key <= thresh)
     return all_pruned | chosen.reshape(counts.shape)
+
+
+def tie_decided(*, counts: torch.Tensor, n_clients: int, mask: torch.Tensor) -> int:
+    """How many of Eq. 7's expansion picks the tie-break decided: the picks at the lowest prune count ``C_j``
+    the expansion reached, when it took only part of the entries with that count (the others of that
+    level lost on ``|W_g|``, then the seeded priority). Summed over the experts of an expert stack."""
+    if counts.dim() == 3:
+        return sum(tie_decided(counts=c, n_clients=n_clients, mask=m) for c, m in zip(counts, mask, strict=True))
+    counts, mask = counts.to("cpu", torch.int64), mask.to("cpu", torch.bool)
+    picked = mask & (counts < n_clients)
+    if not bool(picked.any()):
+        return 0
+    level = int(counts[picked].min())
+    at_level = counts == level
+    taken = int((picked & at_level).sum())
+    return taken if taken < int(at_level.sum()) else 0
 
 
 @dataclass
