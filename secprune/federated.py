@@ -51,7 +51,7 @@ def spec_from_config(cfg, *, alone: bool = False) -> LocalSpec:
 
 @dataclass
 class FedResult:
-    client_masks: MaskSet  # every client's local mask per matrix ("layers.3.mlp.up_proj")
+    client_masks: MaskSet | None  # the recorded clients' local masks per matrix ("layers.3.mlp.up_proj")
     counts: dict[str, torch.Tensor]  # aggregated vote counts M_hat per matrix (as the server learnt them)
     final: dict[str, torch.Tensor]  # the server's final mask per matrix (True = pruned)
     n_clients: int
@@ -72,12 +72,13 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
                     strategy: str = "one-shot", server_group: str = "layer", scaling: bool = False,
                     summer: SecureSum | None = None, checkpoint: Path | None = None,
                     keep_weights: tuple[int, ...] | list[int] = (), desc: str = "prune",
-                    progress: bool = True) -> FedResult:
+                    progress: bool = True, record_clients: int | None = None) -> FedResult:
     """Run FedPrLLM over ``windows`` (n, seqlen) split into client index sets ``parts``, in-process.
 
     ``keep_weights`` names clients whose own pruned weights are returned in ``FedResult.weights`` (CPU):
     with SparseGPT's OBS update they differ from the masked dense weights, and a client-alone baseline
-    (centralized, local-only) must be evaluated with them.
+    (centralized, local-only) must be evaluated with them. ``record_clients`` keeps only the first that many
+    clients' masks in ``FedResult.client_masks`` (default: all; 1 bit per weight and client).
     """
     m = len(parts)
     summer = summer or make_summer("none", n_clients=m)
@@ -85,7 +86,8 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
                      server_group=server_group, strategy=strategy, scaling=scaling, seed=spec.seed,
                      stable_ties=spec.stable_ties)
     sim = simulate(model, windows, parts, strat, summers=OneSummer(summer), batch_size=spec.batch_size,
-                   checkpoint=checkpoint, keep=keep_weights, record_masks=True, desc=desc, progress=progress,
+                   checkpoint=checkpoint, keep=keep_weights, desc=desc, progress=progress,
+                   record_masks=True if record_clients is None else record_clients,
                    fingerprint_extra={"secure": summer.name})
     return FedResult(sim.client_masks, strat.counts, strat.final, m, strategy, server_group, scaling, summer.stats(),
                      sim.kept)

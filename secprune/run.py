@@ -19,7 +19,7 @@ import torch
 from safetensors.numpy import save_file
 
 from secprune import calibration, log, outdir, summary
-from secprune.aggregate import count_dtype, scale_factor
+from secprune.aggregate import LazyScales, count_dtype
 from secprune.comm import mask_communication
 from secprune.config import PruneConfig
 from secprune.evaluate import evaluate_model
@@ -147,9 +147,10 @@ def _run_fedprllm(cfg: PruneConfig, prep: Prepared, tmp: Path, partial: Path, *,
     fed: FedResult = federated_prune(model, calib.windows, calib.parts, spec=spec, strategy=cfg.strategy,
                                      server_group=cfg.server_group, scaling=cfg.scaling, summer=summer,
                                      checkpoint=partial / "federated", keep_weights=keep, desc="clients",
-                                     progress=progress)
+                                     progress=progress, record_clients=m if cfg.save_client_masks
+                                     else n_local if cfg.strategy == "one-shot" else 0)
     timings["prune_s"] = time.perf_counter() - t
-    scales = {n: scale_factor(c, m) for n, c in fed.counts.items()} if cfg.scaling else None
+    scales = LazyScales(fed.counts, m) if cfg.scaling else None
     sparsity = summary.mask_sparsity(fed.final, target=cfg.sparsity)
 
     results: dict[str, dict] = {}

@@ -212,3 +212,41 @@ def test_flower_clients_prune_these_families_bit_identically(family, federation,
         run, _, _ = distributed(fed, algo, "none", tmp_path / algo)
         masks = run.strategy.final if algo != "fedspallm" else run.strategy.masks
         assert same_masks(reference, masks, param_names(run.model)), algo
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chunked_perplexity_equals_the_full_logits(family, monkeypatch):
+    import math
+
+    from secprune import evaluate
+
+    model, w = tiny_model(family), windows(n=3, seqlen=20)
+    if family == "gemma2":
+        model.config.final_logit_softcapping = 5.0  # make the post-processing matter
+    with torch.no_grad():
+        logits = model(w, use_cache=False).logits[:, :-1].float()
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="sum")
+    monkeypatch.setattr(evaluate, "LOGIT_BUDGET", 7 * VOCAB)  # 7 tokens per chunk: several chunks per window
+    got = evaluate.perplexity(model, w, batch_size=2, progress=False)
+    assert model._secprune_chunked_ok
+    assert got == pytest.approx(math.exp(float(nll) / w[:, 1:].numel()), rel=1e-5)
+
+
+def test_perplexity_falls_back_to_full_logits_for_an_unknown_head(monkeypatch):
+    from secprune import evaluate
+
+    model, w = tiny_model("llama"), windows(n=2, seqlen=16)
+    plain = type(model).forward
+
+    def doubled(self, *a, **kw):  # a head post-processing the chunked path does not know
+        out = plain(self, *a, **kw)
+        out.logits = out.logits * 2
+        return out
+
+    monkeypatch.setattr(type(model), "forward", doubled)
+    with torch.no_grad():
+        logits = model(w).logits[:, :-1].float()
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="sum")
+    got = evaluate.perplexity(model, w, progress=False)
+    assert model._secprune_chunked_ok is False
+    assert got == pytest.approx(float(torch.exp(nll / w[:, 1:].numel())), rel=1e-6)

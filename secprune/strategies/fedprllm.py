@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from secprune.aggregate import final_mask, pruned_weight, scale_factor
+from secprune.aggregate import count_tensor, final_mask, pruned_weight, scale_factor
 from secprune.methods import Method
 from secprune.strategies.base import ClientUpdate, Kind, Strategy, Task
 from secprune.topk import tie_break
@@ -120,7 +120,7 @@ class FedPrLLM(Strategy):
         state: dict = {"counts": {}, "final": {}, "voters": {}}
         for n, s in sums.items():
             full = f"layers.{task.layer}.{n}"
-            counts = torch.as_tensor(np.asarray(s["mask"]).astype(np.int64))
+            counts = count_tensor(s["mask"], len(task.clients))
             state["counts"][full] = counts
             state["voters"][full] = len(task.clients)
             state["final"][full] = final_mask(counts, sparsity=self.sparsity, group=self.server_group,
