@@ -16,6 +16,7 @@ with the same seeded tie-break priorities as :func:`secprune.federated.federated
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +34,7 @@ class MaskLayout:
     """Where each matrix lives in a flattened layer-0 mask vector."""
 
     names: list[str]  # full names, "layers.0.self_attn.q_proj"
-    shapes: list[tuple[int, int]]
+    shapes: list[tuple[int, ...]]  # (out, in), or (experts, out, in) for an expert stack
     offsets: list[int]
 
     @property
@@ -67,7 +68,7 @@ class LayerZeroMasks:
         shapes = [tuple(w.shape) for w in self.weights.values()]
         offs = [0]
         for s in shapes:
-            offs.append(offs[-1] + s[0] * s[1])
+            offs.append(offs[-1] + math.prod(s))
         self.layout = MaskLayout([f"layers.0.{n}" for n in self.short], shapes, offs)  # type: ignore[arg-type]
         self.pool = pool
         self.stats: dict[str, torch.Tensor] = {}

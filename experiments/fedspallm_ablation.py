@@ -7,7 +7,12 @@ FedSpaLLM cell). Variants, each at every ``--sparsities`` value for ``--clients`
   sparsity falls below the target (the paper's motivation for expansion, Sec. 4.2);
 * ``sampled-r1`` / ``sampled-r2``: layer sampling (Eq. 8) with heterogeneous resource scores
   ``--resources`` (fraction of the layers per client and round), 1 or 2 rounds;
-* ``centralized``: SparseGPT with the OBS update on all windows of all clients (the non-private reference).
+* ``centralized``: SparseGPT with the OBS update on all windows of all clients (the non-private reference);
+* ``ties-magnitude`` / ``ties-random``: full FedSpaLLM with Eq. 7's ties broken by the smaller ``|W_g|`` (the
+  default) or by the seeded random priority only; both record how many expansion picks the tie decided;
+* ``secure-b16``: full FedSpaLLM with the fixed-point secure sums (plaintext summer, 16 bits; the pairwise and
+  he backends give the same sums): error of the averages before masking, of the global weights after, and
+  the global-mask entries that differ from the float aggregation's.
 
 Usage: ``python experiments/fedspallm_ablation.py`` (cached in ``--cache``; an interrupted run resumes).
 """
@@ -27,15 +32,14 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from secprune import calibration  # noqa: E402
-from secprune.config import PruneConfig  # noqa: E402
 from secprune.evaluate import perplexity  # noqa: E402
 from secprune.experiments._common import ResultCache  # noqa: E402
-from secprune.experiments.fedspallm_table import DATASETS, _fmt, setting_key  # noqa: E402
+from secprune.experiments.fedspallm_table import DATASETS, _fmt, calib_config, setting_key  # noqa: E402
 from secprune.fedspallm.baselines import standalone_model  # noqa: E402
 from secprune.fedspallm.driver import FedSpaSpec, apply_weights, fedspallm_prune, restore_weights  # noqa: E402
 from secprune.model import load_model  # noqa: E402
 
-VARIANTS = ("no-expansion", "sampled-r1", "sampled-r2", "centralized")
+VARIANTS = ("no-expansion", "sampled-r1", "sampled-r2", "centralized", "ties-magnitude", "ties-random", "secure-b16")
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -46,6 +50,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--resources", type=float, nargs="+", default=[1.0, 0.5, 0.5, 0.25])
     p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--samples-per-client", type=int, default=None,
+                   help="each client's own windows; replaces --nsamples")
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--calib", default="wiki-lead")
     p.add_argument("--eval-windows", type=int, default=4)
@@ -78,9 +84,7 @@ def run(args, cache: ResultCache, setting: str) -> None:
     progress = not args.quiet
     evals = {name: calibration.eval_set(name, tok, seqlen=args.eval_seqlen, max_windows=args.eval_windows)
              for name in DATASETS}
-    cfg = PruneConfig(model=args.model, clients=args.clients, nsamples=args.nsamples, seqlen=args.seqlen,
-                      calib=args.calib, seed=args.seed).validate()
-    calib = calibration.build(cfg, tok)  # the same seeded windows and split as fedspallm_table.py
+    calib = calibration.build(calib_config(args, args.clients), tok)  # the same windows as fedspallm_table.py
 
     def evaluate(weights, label: str) -> dict:
         backup = apply_weights(model, weights)
@@ -104,15 +108,19 @@ def run(args, cache: ResultCache, setting: str) -> None:
             else:
                 spec = FedSpaSpec(sparsity=s, seed=args.seed, expansion=v != "no-expansion",
                                   layer_sampling=v.startswith("sampled"), resources=list(args.resources),
-                                  rounds=2 if v == "sampled-r2" else 1)
+                                  rounds=2 if v == "sampled-r2" else 1, magnitude_ties=v != "ties-random")
                 res = fedspallm_prune(model, calib.windows, calib.parts, spec=spec, desc=f"{v} s{s}",
-                                      progress=progress)
+                                      progress=progress, secure="none" if v == "secure-b16" else None)
                 weights = res.weights
                 pruned = sum(int(m.sum()) for m in res.masks.values())
                 extra = {"sparsity": pruned / sum(m.numel() for m in res.masks.values()),
                          "sparsity_intersection": res.rounds[-1]["sparsity_intersection"],
                          "layers_per_client": res.rounds[0]["layers_per_client"],
-                         "upload_bytes_per_client": res.communication["total_upload_bytes"] / args.clients}
+                         "upload_bytes_per_client": res.communication["total_upload_bytes"] / args.clients,
+                         "expansion_k": res.rounds[0]["expansion_k_total"],
+                         "tie_decided": res.rounds[0]["expansion_tie_decided_total"]}
+                extra |= {k: res.secagg[k] for k in ("max_abs_error", "max_abs_error_after_masking", "mask_flips",
+                                                     "clipped_entries") if k in res.secagg}
             prune_s = time.perf_counter() - t
             cache.put(key, evaluate(weights, f"{v} s{s}") | extra | {"prune_s": prune_s})
             print(f"[{time.perf_counter() - t0:7.0f}s] {v} s{s} {cache.get(key)}", flush=True)

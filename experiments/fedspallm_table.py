@@ -53,6 +53,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=["fedspallm", "standalone", "random", "fedprllm"],
                    choices=["fedspallm", "standalone", "random", "fedprllm", "dense"])
     p.add_argument("--nsamples", type=int, default=32, help="calibration windows in total (split over clients)")
+    p.add_argument("--samples-per-client", type=int, default=None,
+                   help="each client's own windows (the FedSpaLLM paper's protocol, Sec. 5: 32); replaces --nsamples")
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--calib", default="wiki-lead")
     p.add_argument("--eval-windows", type=int, default=16)
@@ -70,7 +72,17 @@ def parse(argv=None) -> argparse.Namespace:
 
 def setting_key(args) -> str:
     """Cache-key prefix: everything that changes the numbers besides method, clients and sparsity."""
-    return f"n{args.nsamples}x{args.seqlen}-{args.calib}-ev{args.eval_windows}x{args.eval_seqlen}-s{args.seed}"
+    per_client = getattr(args, "samples_per_client", None)
+    windows = f"pc{per_client}" if per_client else f"n{args.nsamples}"
+    return f"{windows}x{args.seqlen}-{args.calib}-ev{args.eval_windows}x{args.eval_seqlen}-s{args.seed}"
+
+
+def calib_config(args, clients: int) -> PruneConfig:
+    """The calibration of a cell: ``--nsamples`` split over the clients, or ``--samples-per-client`` each."""
+    per_client = getattr(args, "samples_per_client", None)
+    return PruneConfig(model=args.model, clients=clients, seqlen=args.seqlen, calib=args.calib, seed=args.seed,
+                       **({"samples_per_client": per_client} if per_client else {"nsamples": args.nsamples})
+                       ).validate()
 
 
 def main(argv=None) -> int:
@@ -107,8 +119,7 @@ def main(argv=None) -> int:
                 restore(model, backup)
             log(f"random s={s} {cache.get(key)}")
     for n in args.clients:
-        cfg = PruneConfig(model=args.model, clients=n, nsamples=args.nsamples, seqlen=args.seqlen, calib=args.calib,
-                          seed=args.seed).validate()
+        cfg = calib_config(args, n)
         calib = None
         for s in args.sparsities:
             fkey, skey, pkey = (f"{setting}|{m}|c{n}|s{s}" for m in ("fedspallm", "standalone", "fedprllm"))

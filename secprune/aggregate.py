@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 
-from secprune.topk import lowest_k_mask, priority
+from secprune.topk import lowest_k_mask, tie_break
 
 
 def count_dtype(n_clients: int) -> np.dtype:
@@ -16,15 +18,45 @@ def count_dtype(n_clients: int) -> np.dtype:
     return np.dtype(np.uint64)
 
 
-def final_mask(counts: torch.Tensor, *, sparsity: float, group: str, seed: int, name: str) -> torch.Tensor:
-    """Step 4: prune the k weights with the most votes in every server comparison group."""
-    prio = priority(shape=tuple(counts.shape), group=group, seed=seed, tag=f"server:{name}")
+def count_tensor(summed, n_clients: int) -> torch.Tensor:
+    """Vote counts as the server keeps them: the smallest dtype that holds ``n_clients`` (uint8 up to 255
+    clients: 8x less memory than int64 on a 0.5B model's 0.36 G prunable weights)."""
+    a = np.asarray(summed)
+    if a.size and (int(a.min()) < 0 or int(a.max()) > n_clients):  # noisy sums (--dp-noise) leave [0, m]
+        return torch.as_tensor(a).to(torch.int64)
+    dtype = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.int32}.get(count_dtype(n_clients),
+                                                                                      torch.int64)
+    return torch.as_tensor(a).to(dtype)
+
+
+def final_mask(counts: torch.Tensor, *, sparsity: float, group: str, seed: int, name: str, stable: bool = False
+               ) -> torch.Tensor:
+    """Step 4: prune the k weights with the most votes in every server comparison group (ties: seeded, or
+    the lower index with ``stable``, as upstream's row/column selection by ``torch.sort(stable=True)``)."""
+    prio = tie_break(shape=tuple(counts.shape), group=group, seed=seed, tag=f"server:{name}", stable=stable)
     return lowest_k_mask(-counts.to(torch.float32), sparsity=sparsity, group=group, prio=prio)
 
 
 def scale_factor(counts: torch.Tensor, n_clients: int) -> torch.Tensor:
     """Step 6: retained weights are multiplied by (m - M_hat) / m."""
     return (n_clients - counts.to(torch.float32)) / n_clients
+
+
+class LazyScales(Mapping):
+    """Step 6's scale factors of every matrix, computed when a matrix is pruned and not kept (float32 factors
+    of a whole 0.5B model would be 1.4 GB beside the counts)."""
+
+    def __init__(self, counts: dict[str, torch.Tensor], n_clients: int) -> None:
+        self.counts, self.n_clients = counts, n_clients
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return scale_factor(self.counts[name], self.n_clients)
+
+    def __iter__(self):
+        return iter(self.counts)
+
+    def __len__(self) -> int:
+        return len(self.counts)
 
 
 def pruned_weight(weight: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:

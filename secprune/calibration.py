@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,14 +21,50 @@ class Calibration:
     parts: list[np.ndarray]  # window indices held by each client
     sources: list[str]  # source name of each window
     info: dict  # what the summary records (no text)
+    central: torch.Tensor | None = None  # the centralized baseline's windows when not ``windows`` (reference draw)
+
+    @property
+    def pooled(self) -> torch.Tensor:
+        """Every window of the run, as one party holding them all would use them (the centralized baseline)."""
+        return self.windows if self.central is None else self.central
 
 
-def _source_ids(name: str, tokenizer) -> torch.Tensor:
+def _source_ids(name: str, tokenizer, *, special_tokens: bool = False) -> torch.Tensor:
     key = name.replace(":", "_").replace("/", "_") if data.is_public(name) else None  # never cache user text
-    return data.tokenize(tokenizer, data.corpus_text(name, "train"), cache_key=key)
+    return data.tokenize(tokenizer, data.corpus_text(name, "train"), cache_key=key, special_tokens=special_tokens)
+
+
+def reference_draw(cfg: PruneConfig, tokenizer) -> Calibration:
+    """Windows and client split exactly as upstream draws them (``--numerics reference``).
+
+    FedPrLLM ``lib/data.py`` (``get_ptb``; ``get_wikitext2`` alike, after SparseGPT's ``datautils.py``): the
+    training text tokenized with the tokenizer's special tokens, ``random.seed(seed)``, then ``nsamples``
+    windows ``ids[i : i + seqlen]`` with ``i = random.randint(0, numel - seqlen - 1)``. FedPrLLM ``main.py``:
+    ``random.shuffle`` of that list, continuing the same random stream, and client ``c`` takes samples
+    ``[c d, (c + 1) d)`` with ``d = nsamples // clients`` (the remainder is unused). The centralized
+    baseline takes every window in draw order.
+    """
+    name = cfg.calib.strip()
+    ids = _source_ids(name, tokenizer, special_tokens=True)
+    if ids.numel() <= cfg.seqlen + 1:
+        raise UsageError(f"--seqlen {cfg.seqlen}: --calib {name} has only {ids.numel()} tokens")
+    rng = random.Random(cfg.seed)
+    drawn = torch.stack([ids[i:i + cfg.seqlen] for i in
+                         (rng.randint(0, ids.numel() - cfg.seqlen - 1) for _ in range(cfg.nsamples))])
+    order = list(range(cfg.nsamples))
+    rng.shuffle(order)
+    per = cfg.nsamples // cfg.clients
+    windows = drawn[torch.as_tensor(order[:per * cfg.clients])]
+    parts = [np.arange(c * per, (c + 1) * per) for c in range(cfg.clients)]
+    info = {"partition": "reference", "sources": [name], "clients": cfg.clients,
+            "windows_per_client": [per] * cfg.clients, "unused_windows": cfg.nsamples - per * cfg.clients,
+            "draw": "upstream loaders: random.seed(seed), randint offsets, random.shuffle split"}
+    return Calibration(windows, parts, [name] * len(windows), info, central=drawn)
 
 
 def build(cfg: PruneConfig, tokenizer) -> Calibration:
+    if cfg.numerics == "reference":
+        return reference_draw(cfg, tokenizer)
     rng = np.random.default_rng(cfg.seed)
     if cfg.client_data:  # each client's own private text (read, tokenized, never cached or copied)
         counts = windows_per_client(cfg.nsamples, len(cfg.client_data))

@@ -4,10 +4,12 @@ Transformers passes decoder layers keyword arguments that differ by layer type (
 ``position_embeddings``; Gemma-3 alternates sliding-window and global masks and rotary bases), so we
 record the keyword arguments of *every* layer from one forward pass of a single window, and the
 hidden-state input of layer 0 for all windows (stopping the forward there: only embeddings run).
+Arguments a model passes positionally (GPT-2) are recorded by name.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -24,10 +26,17 @@ def _hidden(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
-def _without_hidden(args: tuple, kwargs: dict) -> dict[str, Any]:
+def _without_hidden(layer: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Everything but the hidden states, by name: positional arguments after them (GPT-2's blocks receive
+    ``past_key_values, attention_mask, encoder_hidden_states`` positionally) are named from the signature."""
     kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
     if len(args) > 1:
-        raise RuntimeError("decoder layer received extra positional arguments; cannot replay them")
+        params = [p for p in inspect.signature(layer.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(params) < len(args) or any(p.kind == p.POSITIONAL_ONLY for p in params[1:len(args)]):
+            raise RuntimeError(f"decoder layer {type(layer).__name__} received positional arguments that cannot "
+                               "be replayed by name")
+        kw |= {p.name: a for p, a in zip(params[1:], args[1:], strict=False)}
     kw["use_cache"] = False
     kw.pop("past_key_values", None)
     kw.pop("past_key_value", None)
@@ -41,8 +50,8 @@ def layer_kwargs(model: nn.Module, window: torch.Tensor) -> list[dict[str, Any]]
     recorded: list[dict[str, Any] | None] = [None] * len(layers)
 
     def hook(idx):
-        def pre(_module, args, kwargs):
-            recorded[idx] = _without_hidden(args, kwargs)
+        def pre(module, args, kwargs):
+            recorded[idx] = _without_hidden(module, args, kwargs)
         return pre
 
     handles = [layer.register_forward_pre_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]

@@ -43,6 +43,9 @@ class PruneConfig:
                               help="number of simulated clients (default: 16, or one per --client-data file)")
     nsamples: int = opt(32, group="data",
                         help="calibration windows in total, split across the clients (Wanda/SparseGPT use 128)")
+    samples_per_client: int | None = opt(None, group="data", metavar="N",
+                                         help="calibration windows of each client, its own (FedSpaLLM Sec. 5 gives "
+                                              "each client 32 x 2048 tokens); --nsamples becomes N x --clients")
     seqlen: int = opt(512, group="data", help="tokens per calibration window (at most the model's context)")
     calib: str = opt("wiki-lead", group="data", metavar="SOURCES",
                      help="public corpus of the simulated clients: ptb, wiki-lead, brown, brown:<genre>, or "
@@ -67,6 +70,11 @@ class PruneConfig:
     local_group: str = opt("auto", group="local pruning", choices=("auto", "row", "layer", "column"),
                            help="comparison group of the clients' top-k; auto = row (Wanda) for fedprllm, "
                                 "layer (SparseGPT) for fedspallm")
+    numerics: str = opt("default", group="local pruning", choices=("default", "reference"),
+                        help="reference: reproduce upstream Wanda/FedPrLLM bit for bit (float32 running mean of the "
+                             "squared norms per calibration sample, ties to the lower index as a stable sort, "
+                             "windows drawn with Python's random.seed/randint and split by random.shuffle as their "
+                             "loaders do, one window per forward); default: float64 sums, seeded tie-breaks")
     # --- server
     server_group: str = opt("layer", group="server", choices=("layer", "row", "column"),
                             help="comparison group of the server's vote top-k (FedPrLLM Table 2)")
@@ -182,6 +190,15 @@ class PruneConfig:
             self.clients = 16
         need("alpha" not in explicit or self.partition == "dirichlet",
              f"--alpha {self.alpha}: only used with --partition dirichlet")
+        if self.samples_per_client is not None:  # each client its own N windows, not a share of --nsamples
+            need(self.samples_per_client >= 1, f"--samples-per-client must be >= 1, got {self.samples_per_client}")
+            need(self.partition == "iid", "--samples-per-client: every client holds N windows; not with "
+                                          "--partition dirichlet (which gives clients unequal shares)")
+            total = self.samples_per_client * self.clients
+            need("nsamples" not in explicit or self.nsamples == total,
+                 f"--nsamples {self.nsamples}: contradicts --samples-per-client {self.samples_per_client} x "
+                 f"{self.clients} clients (= {total} windows); give one of them")
+            self.nsamples = total
         need(self.clients <= self.nsamples,
              f"--clients {self.clients}: more clients than calibration windows (--nsamples {self.nsamples})")
 
@@ -259,6 +276,18 @@ class PruneConfig:
             need("random" not in self.baselines, "--baselines random: only with --algorithm fedspallm")
             self.sparsegpt_update = bool(self.sparsegpt_update)
             self.local_group = "row" if self.local_group == "auto" else self.local_group
+
+        if self.numerics == "reference":  # upstream's own protocol (locuslab/wanda, Pengxin-Guo/FedPrLLM)
+            need(self.algorithm == "fedprllm" and self.method == "wanda",
+                 f"--numerics reference: reproduces upstream Wanda/FedPrLLM; got --algorithm {self.algorithm} "
+                 f"--method {self.method}")
+            need(not self.client_data, "--numerics reference: draws the windows from one --calib corpus as upstream's "
+                                       "loaders do; not with --client-data")
+            need(self.partition == "iid" and "," not in self.calib,
+                 "--numerics reference: one --calib corpus split by random.shuffle (no --partition dirichlet)")
+            need("batch_size" not in explicit or self.batch_size == 1,
+                 f"--batch-size {self.batch_size}: --numerics reference runs one window per forward, as upstream")
+            self.batch_size = 1
 
         # FedSpaLLM
         need(self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}")

@@ -130,19 +130,21 @@ def read_text_path(path: Path, *, flag: str = "--client-data") -> str:
     return text
 
 
-def tokenize(tokenizer, text: str, *, cache_key: str | None = None) -> torch.Tensor:
-    """Token ids of ``text`` (1-D int64).
+def tokenize(tokenizer, text: str, *, cache_key: str | None = None, special_tokens: bool = False) -> torch.Tensor:
+    """Token ids of ``text`` (1-D int64); ``special_tokens`` adds the tokenizer's own (BOS ...) as upstream's
+    loaders do (``tokenizer(text, return_tensors='pt')``).
 
     With ``cache_key`` the ids are cached on disk by tokenizer and text hash: only ever for the packaged
     public corpora. A client's private text is never cached (tokenizing it costs far less than pruning).
     """
     def ids_of() -> torch.Tensor:
-        return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0].to(torch.int64)
+        return tokenizer(text, return_tensors="pt", add_special_tokens=special_tokens).input_ids[0].to(torch.int64)
 
     if cache_key is None:
         return ids_of()
+    cache_key += "-special" if special_tokens else ""
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    tok_id = getattr(tokenizer, "name_or_path", "tok").replace("/", "_")[-40:]
+    tok_id = _tokenizer_id(tokenizer)
     path = cache_dir() / "tokens" / f"{cache_key}-{tok_id}-{len(tokenizer)}-{digest}.npy"
     if path.exists():
         return torch.from_numpy(np.load(path))
@@ -152,6 +154,15 @@ def tokenize(tokenizer, text: str, *, cache_key: str | None = None) -> torch.Ten
     np.save(tmp, ids.numpy())
     tmp.replace(path)
     return ids
+
+
+def _tokenizer_id(tokenizer) -> str:
+    """What the token cache is keyed by: the fast tokenizer's own definition (so a model folder that moved
+    reuses its cache and another tokenizer at the same path does not), else its name or path."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return hashlib.sha256(backend.to_str().encode()).hexdigest()[:16]
+    return getattr(tokenizer, "name_or_path", "tok").replace("/", "_")[-40:]
 
 
 def sample_windows(ids: torch.Tensor, *, n: int, seqlen: int, rng: np.random.Generator,

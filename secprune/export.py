@@ -19,13 +19,14 @@ from secprune import log, outdir, summary
 from secprune.aggregate import pruned_weight, scale_factor
 from secprune.config import PruneConfig
 from secprune.masks import MaskSet
-from secprune.model import UsageError, inspect_model, load_lm, load_tokenizer
+from secprune.model import UsageError, all_prunable, inspect_model, load_lm, load_tokenizer, param_names
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def pruned_state(run_dir: Path, summ: dict, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The pruned tensors of every matrix the run pruned, by parameter name, from the run's files."""
+    """The pruned tensors of every matrix the run pruned, by parameter name, from the run's files.
+    ``params`` are the model's prunable matrices by parameter name, in matrix orientation (docs/outputs.md)."""
     masks = MaskSet.load(run_dir / "final_mask.safetensors")
     kept = load_file(str(run_dir / "global_weights.safetensors")) if summ["algorithm"] == "fedspallm" else None
     counts_path = run_dir / "vote_counts.safetensors"
@@ -36,7 +37,7 @@ def pruned_state(run_dir: Path, summ: dict, params: dict[str, torch.Tensor]) -> 
     out = {}
     for name in masks.names():
         if name not in params:
-            raise UsageError(f"--run: the mask of {name} names no parameter of the run's model "
+            raise UsageError(f"--run: the mask of {name} names no prunable matrix of the run's model "
                              f"({summ['config']['model']})")
         weight, mask = params[name], masks.get(0, name)
         if tuple(weight.shape) != tuple(mask.shape):
@@ -62,11 +63,12 @@ def export_run(run: str | Path, out: str | Path, *, dtype: str = "float32", over
     path, config = inspect_model(cfg.model)
     tok = load_tokenizer(path)
     model = load_lm(path, config)
-    params = dict(model.named_parameters())
-    new = pruned_state(run_dir, summ, {n: p.detach() for n, p in params.items()})
+    names = param_names(model)
+    mats = {names[full]: mat for full, mat in all_prunable(model).items()}
+    new = pruned_state(run_dir, summ, {n: m.weight for n, m in mats.items()})
     with torch.no_grad():
         for name, w in new.items():
-            params[name].data = w
+            mats[name].weight = w  # back in the parameter's own orientation (GPT-2's Conv1D: transposed)
     model.to(DTYPES[dtype])
     model.config.use_cache = True  # we switch the cache off for calibration; generation wants it back
     info = {"written_by": "secprune export", "run": str(run_dir.resolve()), "algorithm": summ["algorithm"],

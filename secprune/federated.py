@@ -22,7 +22,8 @@ from secprune.secagg import SecureSum, make_summer
 from secprune.simulation import OneSummer, simulate
 from secprune.strategies.fedprllm import STRATEGIES, FedPrLLM
 
-__all__ = ["STRATEGIES", "FedResult", "LocalSpec", "apply_masks", "federated_prune", "restore", "server_masks"]
+__all__ = ["STRATEGIES", "FedResult", "LocalSpec", "apply_masks", "federated_prune", "local_prune", "restore",
+           "server_masks"]
 
 
 @dataclass
@@ -32,11 +33,25 @@ class LocalSpec:
     local_group: str = "row"
     seed: int = 0
     batch_size: int = 8
+    stable_ties: bool = False  # --numerics reference: ties to the lower index (upstream's stable sort)
+
+
+def spec_from_config(cfg, *, alone: bool = False) -> LocalSpec:
+    """The clients' local pruning of a validated :class:`~secprune.config.PruneConfig`. ``alone``: a party
+    pruning by itself (the centralized and local-only baselines). With ``--numerics reference`` Wanda is
+    upstream's, padded with zero samples up to ``nsamples`` where upstream's loop does it (one-shot clients,
+    ``prune_wanda`` baselines; not its iterative clients), and ties go to the lower index."""
+    from secprune.methods import make_method
+
+    reference = cfg.numerics == "reference"
+    pad_to = cfg.nsamples if reference and (alone or cfg.strategy == "one-shot") else None
+    method = make_method(cfg.method, sparsegpt_update=cfg.sparsegpt_update, numerics=cfg.numerics, pad_to=pad_to)
+    return LocalSpec(method, cfg.sparsity, cfg.local_group, cfg.seed, cfg.batch_size, stable_ties=reference)
 
 
 @dataclass
 class FedResult:
-    client_masks: MaskSet  # every client's local mask per matrix ("layers.3.mlp.up_proj")
+    client_masks: MaskSet | None  # the recorded clients' local masks per matrix ("layers.3.mlp.up_proj")
     counts: dict[str, torch.Tensor]  # aggregated vote counts M_hat per matrix (as the server learnt them)
     final: dict[str, torch.Tensor]  # the server's final mask per matrix (True = pruned)
     n_clients: int
@@ -57,22 +72,38 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
                     strategy: str = "one-shot", server_group: str = "layer", scaling: bool = False,
                     summer: SecureSum | None = None, checkpoint: Path | None = None,
                     keep_weights: tuple[int, ...] | list[int] = (), desc: str = "prune",
-                    progress: bool = True) -> FedResult:
+                    progress: bool = True, record_clients: int | None = None) -> FedResult:
     """Run FedPrLLM over ``windows`` (n, seqlen) split into client index sets ``parts``, in-process.
 
     ``keep_weights`` names clients whose own pruned weights are returned in ``FedResult.weights`` (CPU):
     with SparseGPT's OBS update they differ from the masked dense weights, and a client-alone baseline
-    (centralized, local-only) must be evaluated with them.
+    (centralized, local-only) must be evaluated with them. ``record_clients`` keeps only the first that many
+    clients' masks in ``FedResult.client_masks`` (default: all; 1 bit per weight and client).
     """
     m = len(parts)
     summer = summer or make_summer("none", n_clients=m)
     strat = FedPrLLM(method=spec.method, n_clients=m, sparsity=spec.sparsity, local_group=spec.local_group,
-                     server_group=server_group, strategy=strategy, scaling=scaling, seed=spec.seed)
+                     server_group=server_group, strategy=strategy, scaling=scaling, seed=spec.seed,
+                     stable_ties=spec.stable_ties)
     sim = simulate(model, windows, parts, strat, summers=OneSummer(summer), batch_size=spec.batch_size,
-                   checkpoint=checkpoint, keep=keep_weights, record_masks=True, desc=desc, progress=progress,
+                   checkpoint=checkpoint, keep=keep_weights, desc=desc, progress=progress,
+                   record_masks=True if record_clients is None else record_clients,
                    fingerprint_extra={"secure": summer.name})
     return FedResult(sim.client_masks, strat.counts, strat.final, m, strategy, server_group, scaling, summer.stats(),
                      sim.kept)
+
+
+def local_prune(model, windows: torch.Tensor, *, spec: LocalSpec, checkpoint: Path | None = None,
+                keep_weights: bool = False, desc: str = "local", progress: bool = True
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """One party pruning alone with ``windows``: plain Wanda / SparseGPT / magnitude, i.e. the party's own
+    local masks (``int(s * group size)`` per comparison group), with no server top-k on top (which would
+    prune extra weights whenever ``s`` times the group size is not a whole number). Returns (masks, the
+    party's updated weights with ``keep_weights`` and SparseGPT's OBS update, else None). The centralized
+    and local-only baselines (FedPrLLM Table 1) are this."""
+    res = federated_prune(model, windows, [np.arange(len(windows))], spec=spec, checkpoint=checkpoint,
+                          keep_weights=[0] if keep_weights else [], desc=desc, progress=progress)
+    return res.client_masks.party(0), res.weights.get(0)
 
 
 def apply_masks(model, masks: dict[str, torch.Tensor], *, scales: dict[str, torch.Tensor] | None = None
@@ -82,12 +113,12 @@ def apply_masks(model, masks: dict[str, torch.Tensor], *, scales: dict[str, torc
     backup = {}
     for name, mask in masks.items():
         lin = lins[name]
-        backup[name] = lin.weight.data
-        lin.weight.data = pruned_weight(lin.weight.data, mask, None if scales is None else scales[name])
+        backup[name] = lin.weight
+        lin.weight = pruned_weight(lin.weight, mask, None if scales is None else scales[name])
     return backup
 
 
 def restore(model, backup: dict[str, torch.Tensor]) -> None:
     lins = all_prunable(model)
     for name, w in backup.items():
-        lins[name].weight.data = w
+        lins[name].weight = w

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from secprune.errors import UsageError
+from secprune.matrices import Matrix, block_matrices
 
 __all__ = ["UsageError"]
 
@@ -152,26 +153,90 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return best
 
 
-def prunable_linears(layer: nn.Module) -> dict[str, nn.Linear]:
-    """Every nn.Linear inside one decoder block, by its name inside the block (e.g. 'self_attn.q_proj')."""
-    found = {name: m for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
+def prunable_matrices(layer: nn.Module) -> dict[str, Matrix]:
+    """Every prunable matrix of one decoder block by its name inside the block ('self_attn.q_proj',
+    'mlp.experts.down_proj'): see :mod:`secprune.matrices` for what is pruned and what is not."""
+    found, _ = block_matrices(layer, experts=block_experts(layer))
     if not found:
-        raise UsageError(f"decoder block {type(layer).__name__} holds no nn.Linear to prune")
+        raise UsageError(f"--model: decoder block {type(layer).__name__} holds no weight secprune can prune "
+                         "(nn.Linear, Conv1D or fused experts)")
     return found
 
 
-def all_prunable(model: nn.Module) -> dict[str, nn.Linear]:
-    """Full names ('layers.3.mlp.up_proj') of every prunable linear, in layer order."""
-    out: dict[str, nn.Linear] = {}
+prunable_linears = prunable_matrices  # the name the drivers have always used
+
+
+def block_experts(layer: nn.Module) -> int:
+    """Routed experts of a block (0 for a dense block), read from its MoE modules."""
+    counts = [getattr(m, key) for m in layer.modules() for key in ("num_experts", "num_local_experts")
+              if isinstance(getattr(m, key, None), int)]
+    return max(counts, default=0)
+
+
+def all_prunable(model: nn.Module) -> dict[str, Matrix]:
+    """Full names ('layers.3.mlp.up_proj') of every prunable matrix, in layer order."""
+    out: dict[str, Matrix] = {}
     for i, layer in enumerate(decoder_layers(model)):
-        for name, lin in prunable_linears(layer).items():
-            out[f"layers.{i}.{name}"] = lin
+        for name, mat in prunable_matrices(layer).items():
+            out[f"layers.{i}.{name}"] = mat
     return out
+
+
+def stack_prefix(model: nn.Module) -> str:
+    """The model's own name of its decoder stack ('model.layers', 'transformer.h', 'model.decoder.layers')."""
+    stack = decoder_layers(model)
+    return next(name for name, module in model.named_modules() if module is stack)
 
 
 def param_names(model: nn.Module) -> dict[str, str]:
     """Our matrix names ('layers.3.mlp.up_proj') -> the model's own parameter names
-    ('model.layers.3.mlp.up_proj.weight'), as ``state_dict`` and ``from_pretrained`` know them."""
-    stack = decoder_layers(model)
-    prefix = next(name for name, module in model.named_modules() if module is stack)
-    return {name: f"{prefix}.{name.split('.', 1)[1]}.weight" for name in all_prunable(model)}
+    ('model.layers.3.mlp.up_proj.weight', 'model.layers.3.mlp.experts.down_proj'), as ``state_dict`` and
+    ``from_pretrained`` know them."""
+    prefix = stack_prefix(model)
+    return {name: f"{prefix}.{name.split('.', 2)[1]}.{mat.param}" for name, mat in all_prunable(model).items()}
+
+
+def weight_inventory(model: nn.Module) -> dict:
+    """What is pruned and what is not: every parameter of two or more dimensions, the pruned ones by kind
+    (linear, conv1d, experts), the others by reason (embedding, lm head, embedding (tied lm head), router,
+    shared-expert gate, other), each with its parameter count and its names (layer indices shown as ``*``)."""
+    stack, prefix = decoder_layers(model), stack_prefix(model)
+    mats = all_prunable(model)
+    pruned_kind = {f"{prefix}.{full.split('.', 2)[1]}.{m.param}": m.kind for full, m in mats.items()}
+    skipped: dict[str, str] = {}
+    experts = [block_experts(layer) for layer in stack]
+    for i, layer in enumerate(stack):
+        for pname, reason in block_matrices(layer, experts=experts[i])[1].items():
+            skipped[f"{prefix}.{i}.{pname}"] = reason
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_ids = {id(head.weight)} if head is not None and hasattr(head, "weight") else set()
+    pruned: dict[str, list] = {}
+    not_pruned: dict[str, dict] = {}
+    for name, p in model.named_parameters():
+        if p.dim() < 2:
+            continue
+        pattern = _pattern(name, prefix)
+        if name in pruned_kind:
+            acc = pruned.setdefault(pruned_kind[name], [0, 0])
+            acc[0] += 1
+            acc[1] += p.numel()
+            continue
+        reason = ("embedding (tied lm head)" if id(p) in head_ids and id(p) in embeddings else "lm head"
+                  if id(p) in head_ids else "embedding" if id(p) in embeddings else skipped.get(name, "other"))
+        entry = not_pruned.setdefault(reason, {"tensors": 0, "parameters": 0, "names": []})
+        entry["tensors"] += 1
+        entry["parameters"] += p.numel()
+        if pattern not in entry["names"]:
+            entry["names"].append(pattern)
+    return {"pruned": {"matrices": len(mats), "parameters": int(sum(m.numel() for m in mats.values())),
+                       "by_kind": {k: {"tensors": v[0], "parameters": v[1]} for k, v in pruned.items()}},
+            "not_pruned": not_pruned}
+
+
+def _pattern(name: str, prefix: str) -> str:
+    """'model.layers.3.mlp.gate.weight' -> 'model.layers.*.mlp.gate.weight'."""
+    if name.startswith(prefix + "."):
+        rest = name[len(prefix) + 1:].split(".", 1)
+        return f"{prefix}.*.{rest[1]}" if len(rest) == 2 and rest[0].isdigit() else name
+    return name

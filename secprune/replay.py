@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from secprune.capture import first_layer_inputs, layer_kwargs, run_layer
+from secprune.matrices import Matrix, observe
 from secprune.methods import Method
-from secprune.model import decoder_layers, prunable_linears
+from secprune.model import decoder_layers, prunable_matrices
 
 
 def check_parts(parts: Sequence[np.ndarray], n_windows: int) -> None:
@@ -70,21 +71,22 @@ class Replay:
     def resume(self, layer: int, inps: torch.Tensor) -> None:
         self.inps, self.layer = inps.to(self.device), layer
 
-    def linears(self, layer: int | None = None) -> dict[str, nn.Linear]:
-        return prunable_linears(self.layers[self.layer if layer is None else layer])
+    def linears(self, layer: int | None = None) -> dict[str, Matrix]:
+        """The prunable matrices of a layer (default: the current one), by name inside the layer."""
+        return prunable_matrices(self.layers[self.layer if layer is None else layer])
 
     @contextmanager
     def weights(self, weights: dict[str, torch.Tensor] | None) -> Iterator[None]:
-        """The current layer's linears carry ``weights`` (by name inside the layer) for the block."""
+        """The current layer's matrices carry ``weights`` (by name inside the layer) for the block."""
         lins = self.linears()
-        saved = {n: lin.weight.data for n, lin in lins.items()}
+        saved = {n: lin.weight for n, lin in lins.items()}
         try:
             for n, w in (weights or {}).items():
-                lins[n].weight.data = w.to(saved[n].device, saved[n].dtype)
+                lins[n].weight = w.to(saved[n].device, saved[n].dtype)
             yield
         finally:
             for n, lin in lins.items():
-                lin.weight.data = saved[n]
+                lin.weight = saved[n]
 
     def _forward(self, idx: np.ndarray | torch.Tensor, out: torch.Tensor | None = None) -> None:
         layer, kw = self.layers[self.layer], self.kwargs[self.layer]
@@ -98,31 +100,36 @@ class Replay:
     @torch.no_grad()
     def statistics(self, method: Method, *, groups: Sequence[np.ndarray],
                    weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor | None]:
-        """Statistics of every linear of the current layer for each owner: ``groups[s]`` are the windows of
+        """Statistics of every matrix of the current layer for each owner: ``groups[s]`` are the windows of
         owner ``s``, in its own order. Each owner's windows run in batches of their own, exactly as they run
-        in the owner's own process (Flower), so both give the same numbers bit for bit."""
+        in the owner's own process (Flower), so both give the same numbers bit for bit. A matrix's input
+        arrives as (batch, tokens, in), flattened (batch * tokens, in) (OPT, Qwen2-MoE's shared expert) or
+        as the tokens routed to one expert: every token of a batch belongs to the batch's one owner, so the
+        routed tokens are credited to it. An expert stack's statistics are (owners, experts, ...)."""
         lins = self.linears()
         if not method.needs_data or not groups:
             return {n: None for n in lins}
-        stats = {n: method.new_stats(n_clients=len(groups), in_features=lin.in_features, device=self.device)
-                 for n, lin in lins.items()}
+        stats = {n: _new_stats(method, lin, len(groups), self.device) for n, lin in lins.items()}
         alias: dict[str, str] = {}
         seen: list[tuple[torch.Tensor, str]] = []  # inputs of the current chunk, kept alive (identity is safe)
         current: dict[str, torch.Tensor | None] = {"owner": None}
 
-        def hook_for(n: str):
-            def hook(_mod, inp, _out):
-                x = inp[0]
+        def record(n: str, expert: int | None, x: torch.Tensor) -> None:
+            if expert is None:
                 for t, other in seen:
                     if t is x:
                         alias[n] = other
                         return
                 seen.append((x, n))
-                method.accumulate(stats[n], x.detach(), current["owner"])
-            return hook
+            if expert is None:  # (batch, tokens, in) or flattened (batch * tokens, in): windows batch-major
+                method.accumulate(stats[n], x.detach().reshape(len(current["owner"]), -1, x.shape[-1]),
+                                  current["owner"])
+            else:  # the tokens routed to one expert, all of them the chunk owner's
+                method.accumulate(stats[n][:, expert], x.detach().reshape(1, -1, x.shape[-1]),
+                                  current["owner"][:1])
 
         layer, kw = self.layers[self.layer], self.kwargs[self.layer]
-        handles = [lin.register_forward_hook(hook_for(n)) for n, lin in lins.items()]
+        handles = observe(lins, record)
         try:
             with self.weights(weights):
                 for slot, idx in enumerate(groups):
@@ -150,3 +157,11 @@ class Replay:
                 self._forward(idx, outs)
         self.inps = outs
         self.layer += 1
+
+
+def _new_stats(method: Method, mat: Matrix, owners: int, device: torch.device) -> torch.Tensor | None:
+    """A method's statistics of one matrix for ``owners`` owners; (owners, experts, ...) for expert stacks."""
+    if not mat.experts:
+        return method.new_stats(n_clients=owners, in_features=mat.in_features, device=device)
+    flat = method.new_stats(n_clients=owners * mat.experts, in_features=mat.in_features, device=device)
+    return None if flat is None else flat.view(owners, mat.experts, *flat.shape[1:])

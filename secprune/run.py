@@ -19,13 +19,12 @@ import torch
 from safetensors.numpy import save_file
 
 from secprune import calibration, log, outdir, summary
-from secprune.aggregate import count_dtype, scale_factor
+from secprune.aggregate import LazyScales, count_dtype
 from secprune.comm import mask_communication
 from secprune.config import PruneConfig
 from secprune.evaluate import evaluate_model
-from secprune.federated import FedResult, LocalSpec, federated_prune
+from secprune.federated import FedResult, federated_prune, local_prune, spec_from_config
 from secprune.masks import MaskSet
-from secprune.methods import make_method
 from secprune.model import UsageError, inspect_model, load_lm, load_tokenizer, max_context, param_names
 from secprune.secagg import make_summer
 
@@ -136,8 +135,7 @@ def _run_fedprllm(cfg: PruneConfig, prep: Prepared, tmp: Path, partial: Path, *,
     torch.manual_seed(cfg.seed)
     model, calib, evals = prep.model, prep.calib, prep.evals
     m = len(calib.parts)
-    spec = LocalSpec(make_method(cfg.method, sparsegpt_update=cfg.sparsegpt_update), cfg.sparsity,
-                     cfg.local_group, cfg.seed, cfg.batch_size)
+    spec, alone = spec_from_config(cfg), spec_from_config(cfg, alone=True)
     if cfg.dp_noise == "skellam":  # each client adds its noise share inside the secure sum (secprune.dp_sum)
         from secprune.dp_sum import NoisySum
 
@@ -155,9 +153,10 @@ def _run_fedprllm(cfg: PruneConfig, prep: Prepared, tmp: Path, partial: Path, *,
     fed: FedResult = federated_prune(model, calib.windows, calib.parts, spec=spec, strategy=cfg.strategy,
                                      server_group=cfg.server_group, scaling=cfg.scaling, summer=summer,
                                      checkpoint=partial / "federated", keep_weights=keep, desc="clients",
-                                     progress=progress)
+                                     progress=progress, record_clients=m if cfg.save_client_masks
+                                     else n_local if cfg.strategy == "one-shot" else 0)
     timings["prune_s"] = time.perf_counter() - t
-    scales = {n: scale_factor(c, m) for n, c in fed.counts.items()} if cfg.scaling else None
+    scales = LazyScales(fed.counts, m) if cfg.scaling else None
     sparsity = summary.mask_sparsity(fed.final, target=cfg.sparsity)
 
     results: dict[str, dict] = {}
@@ -167,24 +166,22 @@ def _run_fedprllm(cfg: PruneConfig, prep: Prepared, tmp: Path, partial: Path, *,
     results["federated"] = evaluate_model(model, evals, masks=fed.final, scales=scales, label="federated",
                                           progress=progress) | {"mask_sparsity": sparsity["mask"]}
     timings["eval_s"] = time.perf_counter() - t
-    if "centralized" in cfg.baselines:  # one client holding every window: plain local pruning
+    if "centralized" in cfg.baselines:  # one party holding every window: plain local pruning, no server top-k
         t = time.perf_counter()
-        cen = federated_prune(model, calib.windows, [np.arange(len(calib.windows))], spec=spec,
-                              checkpoint=partial / "centralized", keep_weights=[0] if cfg.sparsegpt_update else [],
-                              desc="centralized", progress=progress)
+        masks, weights = local_prune(model, calib.pooled, spec=alone, checkpoint=partial / "centralized",
+                                     keep_weights=cfg.sparsegpt_update, desc="centralized", progress=progress)
         timings["centralized_prune_s"] = time.perf_counter() - t
-        results["centralized"] = evaluate_model(model, evals, masks=cen.final, weights=cen.weights.get(0),
+        results["centralized"] = evaluate_model(model, evals, masks=masks, weights=weights,
                                                 label="centralized", progress=progress) | {
-            "mask_sparsity": summary.mask_sparsity(cen.final, target=cfg.sparsity)["mask"]}
+            "mask_sparsity": summary.mask_sparsity(masks, target=cfg.sparsity)["mask"]}
     if n_local:
         per_client = []
         for i in range(n_local):
             if cfg.strategy == "one-shot":  # one-shot client masks ARE each client's stand-alone masks
                 masks, weights = fed.client_masks.party(i), fed.weights.get(i)
-            else:
-                solo = federated_prune(model, calib.windows[torch.as_tensor(calib.parts[i])],
-                                       [np.arange(len(calib.parts[i]))], spec=spec, progress=False)
-                masks, weights = solo.final, None
+            else:  # iterative: the client's own model, pruned alone (its masks; no server top-k)
+                masks, weights = local_prune(model, calib.windows[torch.as_tensor(calib.parts[i])], spec=alone,
+                                             progress=False)
             per_client.append(evaluate_model(model, evals, masks=masks, weights=weights, label=f"local {i}",
                                              progress=progress) | {
                 "mask_sparsity": summary.mask_sparsity(masks, target=cfg.sparsity)["mask"]})

@@ -1,8 +1,8 @@
 """In-process driver: every client of a strategy simulated over one copy of the model.
 
-Per task (decoder layer): one batched forward of the participants' windows collects every client's
-statistics at once (the layer is the same for all of them, so this costs what one centralized pass
-costs); each client's :meth:`~secprune.strategies.base.Strategy.client_step` runs on its own slice;
+Per task (decoder layer): each participant's windows run through the layer in batches of their own (as in
+its own process) and collect its statistics, then its :meth:`~secprune.strategies.base.Strategy.client_step`
+runs and the statistics are dropped (one client's Hessians in memory at a time, not m);
 the submitted vectors go through the secure summers (or plaintext sums); the server step sees only the
 sums; then the windows move on, grouped by the weights their owners continue with. Every step can be
 checkpointed, so an interrupted run resumes where it stopped. The Flower driver (:mod:`secprune.flower`)
@@ -132,9 +132,10 @@ class Sessions:
 @torch.no_grad()
 def simulate(model, windows: torch.Tensor, parts: Sequence[np.ndarray], strategy: Strategy, *,
              summers: Summers, batch_size: int = 8, checkpoint: Path | None = None,
-             keep: Sequence[int] = (), record_masks: bool = False, desc: str = "prune", progress: bool = True,
+             keep: Sequence[int] = (), record_masks: bool | int = False, desc: str = "prune", progress: bool = True,
              on_step: Callable[[Task], None] | None = None, fingerprint_extra: dict | None = None) -> Simulated:
-    """Run ``strategy`` over ``windows`` (n, seqlen) split into client index sets ``parts``."""
+    """Run ``strategy`` over ``windows`` (n, seqlen) split into client index sets ``parts``. ``record_masks``
+    keeps every client's local masks (True) or those of the first ``record_masks`` clients (an int)."""
     parts = [np.asarray(p) for p in parts]
     m = len(parts)
     check_parts(parts, windows.shape[0])
@@ -143,7 +144,8 @@ def simulate(model, windows: torch.Tensor, parts: Sequence[np.ndarray], strategy
     ckpt = StepCheckpoint(checkpoint, fingerprint(windows, parts, model=model_id(model), keep=list(keep),
                                                   record_masks=record_masks, **strategy.fingerprint(),
                                                   **(fingerprint_extra or {})))
-    client_masks = MaskSet(m) if record_masks else None
+    recorded = m if record_masks is True else int(record_masks)
+    client_masks = MaskSet(recorded) if recorded else None
     kept: dict[int, dict[str, torch.Tensor]] = {i: {} for i in keep}
 
     def absorb(st: dict) -> None:
@@ -174,13 +176,15 @@ def simulate(model, windows: torch.Tensor, parts: Sequence[np.ndarray], strategy
             replay.start()
         assert replay.layer == task.layer, (replay.layer, task.layer)
         lins = replay.linears()
-        dense = {n: lin.weight.data for n, lin in lins.items()}
+        dense = {n: lin.weight for n, lin in lins.items()}
         received = {n: w.to(dense[n].device) for n, w in (strategy.received(task) or {}).items()}
         layer = {n: received.get(n, dense[n]) for n in lins}
-        stats = replay.statistics(strategy.method, groups=[parts[i] for i in task.clients], weights=received or None)
-        updates = {i: strategy.client_step(task, layer=layer, stats={
-            n: None if s is None else s[k] for n, s in stats.items()}) for k, i in enumerate(task.clients)}
-        del stats
+        updates = {}
+        for i in task.clients:  # one client's statistics at a time: memory of one client, not of m
+            stats = replay.statistics(strategy.method, groups=[parts[i]], weights=received or None)
+            updates[i] = strategy.client_step(task, layer=layer, stats={
+                n: None if s is None else s[0] for n, s in stats.items()})
+            del stats
         sums, sent = sessions.sums(task, updates, {n: w.shape for n, w in layer.items()})
         server = strategy.server_step(task, sums, layer=layer, sent_bytes=sent,
                                       uploads={i: u.upload for i, u in updates.items() if u.upload is not None})
@@ -189,7 +193,7 @@ def simulate(model, windows: torch.Tensor, parts: Sequence[np.ndarray], strategy
         names = [f"layers.{task.layer}.{n}" for n in lins]
         step = {"server": server, "packed": {}, "shapes": {}, "kept": {i: {} for i in kept}}
         for i, u in updates.items():
-            if client_masks is not None:
+            if client_masks is not None and i < recorded:
                 for n, full in zip(lins, names, strict=True):
                     client_masks.put(full, i, u.masks[n])
             if i in kept and task.round == 0 and u.own is not None:

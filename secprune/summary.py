@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from secprune.model import all_prunable, decoder_layers, param_names
+from secprune.model import decoder_layers, param_names, weight_inventory
 
 SCHEMA = "secprune.summary/1"
 LOG_SCHEMA = "secprune.log/1"
@@ -22,11 +22,14 @@ RESULT_KEYS = ("dense", "federated", "centralized", "local-only", "random")
 
 
 def model_info(model, name: str) -> dict:
-    lins = all_prunable(model)
+    """The model and what of it is pruned: ``pruned`` by kind of matrix, ``not_pruned`` by reason
+    (:func:`secprune.model.weight_inventory`)."""
+    inv = weight_inventory(model)
     return {"name": name, "class": type(model).__name__, "decoder_layers": len(decoder_layers(model)),
-            "prunable_matrices": len(lins), "prunable_parameters": int(sum(m.weight.numel() for m in lins.values())),
+            "prunable_matrices": inv["pruned"]["matrices"], "prunable_parameters": inv["pruned"]["parameters"],
             "parameters": int(sum(p.numel() for p in model.parameters())),
-            "example_parameter": next(iter(param_names(model).values()))}
+            "example_parameter": next(iter(param_names(model).values())),
+            "pruned": inv["pruned"]["by_kind"], "not_pruned": inv["not_pruned"]}
 
 
 def mask_sparsity(masks: dict[str, torch.Tensor], *, target: float) -> dict:
@@ -67,8 +70,8 @@ def secagg_parts(stats: dict, *, backend: str) -> tuple[dict, dict]:
     """(summary part, log part) of a summer's ``stats()`` or FedSpaLLM's per-summer list."""
     if "summers" in stats:  # FedSpaLLM: one summer per (participants, kind)
         summers = stats["summers"]
-        extra = {k: stats[k] for k in ("fixed_point_bits", "max_abs_error", "clipped_entries", "clip_factor")
-                 if k in stats}
+        extra = {k: stats[k] for k in ("fixed_point_bits", "max_abs_error", "max_abs_error_after_masking",
+                                       "mask_flips", "clipped_entries", "clip_factor") if k in stats}
         client_bits = [s["client_sent_bits_per_entry"] for s in summers]
         return ({"backend": backend, "sessions": int(sum(s["rounds"] for s in summers)),
                  "total_bytes": int(stats["total_bytes"]),

@@ -3,8 +3,9 @@
 FedPrLLM (Sec. 2, Table 2) compares weights inside a *layer*, a *row* (one output neuron, as Wanda does)
 or a *column* (one input feature). In each group the ``k = int(sparsity * group_size)`` lowest scores are
 pruned. Scores tie often (the packaged SmolLM2 weights were 4-bit, and server vote counts are small
-integers), so ties are broken by a seeded random priority: we fuse (score, priority) into one unique
-int64 key and select with ``kthvalue``, which is O(n) where a full sort is O(n log n).
+integers), so ties are broken by a seeded random priority (or, with ``--numerics reference``, by the index
+as upstream's stable sort does): we fuse (score, priority) into one unique int64 key and select with
+``kthvalue``, which is O(n) where a full sort is O(n log n).
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ import torch
 GROUPS = ("layer", "row", "column")
 
 
-def priority(*, shape: tuple[int, int], group: str, seed: int, tag: str) -> torch.Tensor:
+def priority(*, shape: tuple[int, ...], group: str, seed: int, tag: str) -> torch.Tensor:
     """Random tie-break priorities, unique within every group, from ``(seed, tag)``.
 
-    Returns an int64 tensor broadcastable to ``shape``: a permutation of the columns for row groups,
-    of the rows for column groups, of all entries for the layer group.
+    Returns an int64 tensor broadcastable to ``shape`` (a matrix, or a stack of expert matrices that all
+    get the same priorities): a permutation of the columns for row groups, of the rows for column groups,
+    of all entries for the layer group.
     """
     digest = hashlib.sha256(f"{seed}:{tag}".encode()).digest()
     gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-    rows, cols = shape
+    rows, cols = shape[-2:]
     if group == "row":
         return torch.randperm(cols, generator=gen).view(1, cols)
     if group == "column":
@@ -32,6 +34,25 @@ def priority(*, shape: tuple[int, int], group: str, seed: int, tag: str) -> torc
     if group == "layer":
         return torch.randperm(rows * cols, generator=gen).view(rows, cols)
     raise ValueError(f"comparison group must be one of {GROUPS}, got {group!r}")
+
+
+def index_priority(*, shape: tuple[int, ...], group: str) -> torch.Tensor:
+    """The tie-break of a stable sort (``torch.sort(..., stable=True)``, as upstream Wanda and FedPrLLM
+    select): ties go to the lower index inside the group (``--numerics reference``)."""
+    rows, cols = shape[-2:]
+    if group == "row":
+        return torch.arange(cols).view(1, cols)
+    if group == "column":
+        return torch.arange(rows).view(rows, 1)
+    if group == "layer":
+        return torch.arange(rows * cols).view(rows, cols)
+    raise ValueError(f"comparison group must be one of {GROUPS}, got {group!r}")
+
+
+def tie_break(*, shape: tuple[int, ...], group: str, seed: int, tag: str, stable: bool = False) -> torch.Tensor:
+    """:func:`index_priority` when ``stable``, else the seeded :func:`priority`."""
+    return index_priority(shape=shape, group=group) if stable else priority(shape=shape, group=group, seed=seed,
+                                                                            tag=tag)
 
 
 def ordered_key(score: torch.Tensor, prio: torch.Tensor) -> torch.Tensor:
@@ -45,14 +66,24 @@ def ordered_key(score: torch.Tensor, prio: torch.Tensor) -> torch.Tensor:
 
 def _kth(values: torch.Tensor, k: int, group: str) -> torch.Tensor:
     if group == "row":
-        return values.kthvalue(k, dim=1, keepdim=True).values
+        return values.kthvalue(k, dim=-1, keepdim=True).values
     if group == "column":
-        return values.kthvalue(k, dim=0, keepdim=True).values
-    return values.reshape(-1).kthvalue(k).values
+        return values.kthvalue(k, dim=-2, keepdim=True).values
+    lead = values.shape[:-2]
+    return values.reshape(*lead, -1).kthvalue(k, dim=-1).values.reshape(*lead, 1, 1)
 
 
-def group_size(shape: tuple[int, int], group: str) -> int:
-    rows, cols = shape
+def _per_group(mask: torch.Tensor, group: str) -> torch.Tensor:
+    if group == "row":
+        return mask.sum(dim=-1)
+    if group == "column":
+        return mask.sum(dim=-2)
+    return mask.sum(dim=(-2, -1))
+
+
+def group_size(shape: tuple[int, ...], group: str) -> int:
+    """Entries of one comparison group of a matrix (the last two dimensions of ``shape``)."""
+    rows, cols = shape[-2:]
     sizes = {"row": cols, "column": rows, "layer": rows * cols}
     if group not in sizes:
         raise ValueError(f"comparison group must be one of {GROUPS}, got {group!r}")
@@ -60,9 +91,12 @@ def group_size(shape: tuple[int, int], group: str) -> int:
 
 
 def lowest_k_mask(score: torch.Tensor, *, sparsity: float, group: str, prio: torch.Tensor) -> torch.Tensor:
-    """Boolean mask (True = pruned) of the ``int(sparsity * group_size)`` lowest scores of every group."""
-    if score.dim() != 2:
-        raise ValueError(f"score must be 2-D, got shape {tuple(score.shape)}")
+    """Boolean mask (True = pruned) of the ``int(sparsity * group_size)`` lowest scores of every group.
+
+    ``score`` is a matrix (out, in) or a stack of them (experts, out, in): groups never cross the leading
+    dimensions, so every expert's matrix is compared on its own."""
+    if score.dim() < 2:
+        raise ValueError(f"score must be a matrix or a stack of matrices, got shape {tuple(score.shape)}")
     k = int(group_size(tuple(score.shape), group) * sparsity)
     if k == 0:
         return torch.zeros_like(score, dtype=torch.bool)
@@ -72,8 +106,7 @@ def lowest_k_mask(score: torch.Tensor, *, sparsity: float, group: str, prio: tor
     if torch.isnan(s).any():
         raise ValueError("scores contain NaN")
     fast = s <= _kth(s, k, group)
-    counts = fast.sum(dim=1 if group == "row" else 0 if group == "column" else None)
-    if bool((counts == k).all()):
+    if bool((_per_group(fast, group) == k).all()):
         return fast
     key = ordered_key(s, prio)
     return key <= _kth(key, k, group)  # keys are unique, so exactly k per group

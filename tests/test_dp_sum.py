@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import skellam
 
 from secprune import dp
@@ -141,3 +142,13 @@ def test_dp_flags_refuse_contradictions(tiny_folder, client_files, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert code == 2 and needle in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_server_keeps_noisy_counts_outside_the_vote_range():
+    from secprune.aggregate import count_tensor
+
+    noisy = np.array([-7, 0, 3, 16, 300], dtype=np.int64)  # Skellam noise pushes counts below 0 and above m
+    assert count_tensor(noisy, 16).tolist() == noisy.tolist()
+    exact = np.array([0, 3, 16], dtype=np.int64)
+    kept = count_tensor(exact, 16)
+    assert kept.dtype == torch.uint8 and kept.tolist() == exact.tolist()

@@ -25,8 +25,9 @@ def reference_wanda_masks(model, windows, *, sparsity=0.5, seed=0, upstream=None
     masks = {}
     for li, layer in enumerate(decoder_layers(model)):
         captured = {}
-        hooks = [lin.register_forward_hook(lambda _m, inp, _o, n=n, c=captured: c.setdefault(n, []).append(inp[0]))
-                 for n, lin in prunable_linears(layer).items()]
+        hooks = [lin.module.register_forward_hook(
+            lambda _m, inp, _o, n=n, c=captured: c.setdefault(n, []).append(inp[0]))
+            for n, lin in prunable_linears(layer).items()]
         backup = apply_masks(model, {**masks, **(upstream or {})})
         with torch.no_grad():
             model(windows)

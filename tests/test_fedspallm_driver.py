@@ -49,7 +49,7 @@ def reference_sparsegpt(model, wins, *, sparsity, group, seed, batch_size=8):
                 x = inp[0].float()
                 for b in range(x.shape[0]):
                     h += x[b].T @ x[b]
-            handles.append(lin.register_forward_hook(hook))
+            handles.append(lin.module.register_forward_hook(hook))
         for s in range(0, len(wins), batch_size):
             model(wins[s:s + batch_size], use_cache=False)
         for h in handles:
@@ -57,10 +57,10 @@ def reference_sparsegpt(model, wins, *, sparsity, group, seed, batch_size=8):
         for n, lin in lins.items():
             prio = priority(shape=tuple(lin.weight.shape), group=group, seed=seed, tag=f"local:{li}.{n}")
             res = method.prune(lin.weight.data, H[n], sparsity=sparsity, group=group, prio=prio)
-            lin.weight.data = res.weight
+            lin.weight = res.weight
             out[f"layers.{li}.{n}"] = (res.mask, res.weight)
     for n, lin in all_prunable(model).items():
-        lin.weight.data = dense[n]
+        lin.weight = dense[n]
     return out
 
 

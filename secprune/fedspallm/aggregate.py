@@ -10,7 +10,8 @@ over the ``N`` clients that pruned that layer in the current round (``N = |S_j|`
 * Eq. 6: ``C_j = sum_i I(M_i^(j) = 0)``, the number of clients that pruned weight ``j``.
 * Eq. 7: ``k = ceil(s * d) - sum_j I(C_j = N)`` more weights are pruned, chosen among those not pruned by
   every client in decreasing order of ``C_j`` (most agreement first). Ties in ``C_j`` are broken by the
-  smaller aggregated magnitude ``|W_g|`` and then by a seeded random priority (the paper leaves ties open).
+  smaller aggregated magnitude ``|W_g|`` and then by a seeded random priority (the paper leaves ties open;
+  :func:`tie_decided` counts the picks the tie-break decides).
 
 Secure aggregation of the two sums of Eq. 5 (see :func:`secure_l0_sums`): the clients submit fixed-point
 integers ``q_i = round(clip(M_i * W_i, -b, b) * 2^B / b) + 2^B`` in ``[0, 2^(B+1)]`` (``B`` = fractional
@@ -76,7 +77,10 @@ def prune_counts(*, pruned: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def expansion_k(*, counts: torch.Tensor, n_clients: int, sparsity: float) -> int:
-    """Eq. 7: ``k = ceil(s * d) - #{j : C_j = N}`` (negative when the clients already agree on more)."""
+    """Eq. 7: ``k = ceil(s * d) - #{j : C_j = N}`` (negative when the clients already agree on more); summed
+    over the experts of an expert stack (experts, out, in), each expert being its own matrix."""
+    if counts.dim() == 3:
+        return sum(expansion_k(counts=c, n_clients=n_clients, sparsity=sparsity) for c in counts)
     return target_pruned(sparsity=sparsity, numel=counts.numel()) - int((counts == n_clients).sum())
 
 
@@ -88,7 +92,12 @@ def expand_mask(*, counts: torch.Tensor, n_clients: int, sparsity: float, magnit
     largest ``C_j`` among the others are pruned too (ties: smaller ``|W_g|``, then a seeded priority from
     ``(seed, name)``), so exactly ``ceil(s * d)`` entries are pruned whenever ``k >= 0``. If ``k < 0`` (the
     clients pruned beyond the target everywhere they agree) nothing is added and the intersection is kept.
+    An expert stack (experts, out, in) is expanded expert by expert.
     """
+    if counts.dim() == 3:
+        return torch.stack([expand_mask(counts=c, n_clients=n_clients, sparsity=sparsity, seed=seed,
+                                        magnitude=None if magnitude is None else magnitude[e], name=f"{name}[{e}]")
+                            for e, c in enumerate(counts)])
     counts = counts.to("cpu", torch.int64)
     all_pruned = counts == n_clients
     k = expansion_k(counts=counts, n_clients=n_clients, sparsity=sparsity)
@@ -107,6 +116,22 @@ def expand_mask(*, counts: torch.Tensor, n_clients: int, sparsity: float, magnit
     thresh = candidates.kthvalue(min(k, candidates.numel())).values
     chosen = (key >= 0) & (key <= thresh)
     return all_pruned | chosen.reshape(counts.shape)
+
+
+def tie_decided(*, counts: torch.Tensor, n_clients: int, mask: torch.Tensor) -> int:
+    """How many of Eq. 7's expansion picks the tie-break decided: the picks at the lowest prune count ``C_j``
+    the expansion reached, when it took only part of the entries with that count (the others of that
+    level lost on ``|W_g|``, then the seeded priority). Summed over the experts of an expert stack."""
+    if counts.dim() == 3:
+        return sum(tie_decided(counts=c, n_clients=n_clients, mask=m) for c, m in zip(counts, mask, strict=True))
+    counts, mask = counts.to("cpu", torch.int64), mask.to("cpu", torch.bool)
+    picked = mask & (counts < n_clients)
+    if not bool(picked.any()):
+        return 0
+    level = int(counts[picked].min())
+    at_level = counts == level
+    taken = int((picked & at_level).sum())
+    return taken if taken < int(at_level.sum()) else 0
 
 
 @dataclass

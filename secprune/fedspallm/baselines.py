@@ -24,6 +24,11 @@ def random_masks(model, *, sparsity: float, seed: int) -> dict[str, torch.Tensor
     out = {}
     for name, lin in all_prunable(model).items():
         shape = tuple(lin.weight.shape)
+        if len(shape) == 3:  # an expert stack: every expert's matrix drawn on its own
+            out[name] = torch.stack([priority(shape=shape[1:], group="layer", seed=seed, tag=f"random:{name}[{e}]")
+                                     < target_pruned(sparsity=sparsity, numel=shape[1] * shape[2])
+                                     for e in range(shape[0])])
+            continue
         perm = priority(shape=shape, group="layer", seed=seed, tag=f"random:{name}")  # permutation of 0..d-1
         out[name] = perm < target_pruned(sparsity=sparsity, numel=lin.weight.numel())
     return out

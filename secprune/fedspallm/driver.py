@@ -59,6 +59,7 @@ class FedSpaSpec:
     fixed_point_bits: int = 16  # B: fixed-point scale 2^B / bound for the secure sums of Eq. 5
     clip_factor: float = DEFAULT_CLIP_FACTOR  # bound = clip_factor * max|W| of the layer the server sent
     value_bytes: int = 4  # bytes per transmitted weight value (communication accounting)
+    magnitude_ties: bool = True  # Eq. 7 ties by smaller |W_g| first; False: seeded random tie-break only
 
     def local_method(self) -> Method:
         return self.method if self.method is not None else SparseGPT(update=True)
@@ -74,7 +75,8 @@ class FedSpaResult:
     standalone: dict[int, dict[str, torch.Tensor]]  # round-1 local models of the kept clients
     communication: dict
     secagg: dict
-    rounds: list[dict]  # per-round sparsity before / after expansion, Eq. 7's k, fixed-point error
+    rounds: list[dict]  # per-round sparsity before / after expansion, Eq. 7's k and tie-decided picks,
+    # fixed-point error before and after masking
 
 
 class _Summers:
@@ -127,7 +129,7 @@ def fedspallm_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
                       expansion=spec.expansion, layer_sampling=spec.layer_sampling, resources=spec.resources,
                       local_group=spec.local_group, seed=spec.seed, clip_factor=spec.clip_factor,
                       fixed_point_bits=spec.fixed_point_bits if secure is not None else None,
-                      value_bytes=spec.value_bytes)
+                      value_bytes=spec.value_bytes, magnitude_ties=spec.magnitude_ties)
     strat.comm.model_entries = sum(lin.weight.numel() for layer in layers for lin in prunable_linears(layer).values())
     plan = make_schedule(resources=spec.resources, n_clients=n_clients, n_layers=n_layers, rounds=spec.rounds,
                          seed=spec.seed, sampling=spec.layer_sampling)
@@ -146,6 +148,8 @@ def fedspallm_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
     if secure is not None:
         secagg["max_abs_error"] = max(r["fixed_point_max_abs_error"] for r in round_logs)
         secagg["clipped_entries"] = sum(r["fixed_point_clipped"] for r in round_logs)
+        secagg["max_abs_error_after_masking"] = max(r["fixed_point_max_abs_error_after_masking"] for r in round_logs)
+        secagg["mask_flips"] = sum(r["fixed_point_mask_flips"] for r in round_logs)
         secagg["clip_factor"] = spec.clip_factor
         secagg["error_bound_note"] = "per entry <= bound / 2^(bits+1), bound = clip_factor * max|W| per matrix"
     return FedSpaResult({k: v.to("cpu") for k, v in strat.global_w.items()}, strat.masks, strat.counts,
@@ -163,7 +167,11 @@ def _round_log(t: int, sched: list[list[int]], summ: list[dict], *, n_layers: in
         "sparsity_intersection": sum(a["intersection_sparsity"] * a["numel"] for a in summ) / numel,
         "sparsity": sum(a["pruned"] for a in summ) / numel,
         "expansion_k_total": int(sum(max(a["k"], 0) for a in summ)) if expansion else 0,
+        "expansion_tie_decided_total": int(sum(a.get("tie_decided", 0) for a in summ)),
         "fixed_point_max_abs_error": max((a["max_abs_error"] for a in summ), default=0.0),
+        "fixed_point_max_abs_error_after_masking": max((a.get("max_abs_error_masked", 0.0) for a in summ),
+                                                       default=0.0),
+        "fixed_point_mask_flips": int(sum(a.get("mask_flips", 0) for a in summ)),
         "fixed_point_clipped": int(sum(a["clipped"] for a in summ)),
     }
 
@@ -175,8 +183,8 @@ def apply_weights(model, weights: dict[str, torch.Tensor]) -> dict[str, torch.Te
     lins = all_prunable(model)
     backup = {}
     for name, w in weights.items():
-        backup[name] = lins[name].weight.data
-        lins[name].weight.data = w.to(backup[name].device, backup[name].dtype)
+        backup[name] = lins[name].weight
+        lins[name].weight = w.to(backup[name].device, backup[name].dtype)
     return backup
 
 
@@ -185,4 +193,4 @@ def restore_weights(model, backup: dict[str, torch.Tensor]) -> None:
 
     lins = all_prunable(model)
     for name, w in backup.items():
-        lins[name].weight.data = w
+        lins[name].weight = w

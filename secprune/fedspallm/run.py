@@ -98,7 +98,8 @@ def run_fedspallm(cfg: PruneConfig, prep, tmp: Path, partial: Path, *, progress:
         "results": results, "sparsity": sparsity, "communication": comm, "secure_aggregation": sec,
         "fedspallm": {"rounds": cfg.rounds, "expansion": cfg.expansion, "layer_sampling": cfg.layer_sampling,
                       "sparsity_intersection": [r["sparsity_intersection"] for r in fed.rounds],
-                      "expansion_k_total": [r["expansion_k_total"] for r in fed.rounds]},
+                      "expansion_k_total": [r["expansion_k_total"] for r in fed.rounds],
+                      "expansion_tie_decided_total": [r["expansion_tie_decided_total"] for r in fed.rounds]},
         "time_s": timings,
         "files": {"final_mask": "final_mask.safetensors", "global_weights": "global_weights.safetensors",
                   "summary": "summary.json", "log": "log.json"}}

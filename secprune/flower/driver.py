@@ -176,7 +176,7 @@ class ServerRun:
         for batch in batches(self.strategy, tasks):
             sums, uploads, voters = self._step(batch, broadcast)
             for task in batch:
-                layer = {n: lin.weight.data for n, lin in prunable_linears(layers[task.layer]).items()}
+                layer = {n: lin.weight for n, lin in prunable_linears(layers[task.layer]).items()}
                 received = self.strategy.received(task) or {}
                 layer = {n: received.get(n, w) for n, w in layer.items()}
                 prefix = f"layers.{task.layer}."

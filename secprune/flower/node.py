@@ -49,10 +49,13 @@ def build_strategy(cfg: PruneConfig, *, secure: bool):
                          expansion=cfg.expansion, layer_sampling=cfg.layer_sampling, resources=cfg.resources,
                          local_group=cfg.local_group, seed=cfg.seed, clip_factor=DEFAULT_CLIP_FACTOR,
                          fixed_point_bits=cfg.fixed_point_bits if secure else None)
+    from secprune.federated import spec_from_config
     from secprune.strategies.fedprllm import FedPrLLM
 
-    return FedPrLLM(method=method, n_clients=cfg.clients, sparsity=cfg.sparsity, local_group=cfg.local_group,
-                    server_group=cfg.server_group, strategy=cfg.strategy, scaling=cfg.scaling, seed=cfg.seed)
+    spec = spec_from_config(cfg)
+    return FedPrLLM(method=spec.method, n_clients=cfg.clients, sparsity=cfg.sparsity, local_group=cfg.local_group,
+                    server_group=cfg.server_group, strategy=cfg.strategy, scaling=cfg.scaling, seed=cfg.seed,
+                    stable_ties=spec.stable_ties)
 
 
 @lru_cache(maxsize=2)
@@ -182,7 +185,7 @@ class ClientNode:
             if replay.layer != task.layer:
                 raise RuntimeError(f"client {self.client}: windows at layer {replay.layer}, task is layer {task.layer}")
             lins = replay.linears()
-            dense = {n: lin.weight.data for n, lin in lins.items()}
+            dense = {n: lin.weight for n, lin in lins.items()}
             got = {n[len(f"layers.{task.layer}."):]: w for n, w in received.items()
                    if n.startswith(f"layers.{task.layer}.")}
             layer = {n: got.get(n, dense[n]) for n in lins}
@@ -211,7 +214,7 @@ class ClientNode:
     def _advance(self, replay: Replay, strategy, task: Task, update: ClientUpdate | None,
                  layer: dict[str, torch.Tensor] | None = None) -> None:
         if layer is None:
-            layer = {n: lin.weight.data for n, lin in replay.linears().items()}
+            layer = {n: lin.weight for n, lin in replay.linears().items()}
         own = np.arange(replay.windows.shape[0])
         replay.advance([(own, strategy.next_weights(task, update=update, layer=layer))])
 

@@ -1,8 +1,11 @@
 """What a local pruning method provides to the layer-by-layer driver.
 
-Statistics are gathered for all clients in one batched dense forward pass: ``accumulate`` receives
-the input ``x`` of a linear layer for a chunk of calibration windows and ``owner[b]``, the client that
-owns window ``b``, and adds each window's contribution to that client's slot.
+Statistics are gathered by :class:`secprune.replay.Replay`: ``accumulate`` receives the input ``x`` of a
+matrix as (windows, tokens, in) for a chunk of calibration windows and ``owner[b]``, the client that owns
+window ``b``, and adds each window's contribution to that client's slot. For an expert of a fused MoE stack
+``x`` is (1, routed tokens, in) and ``stats`` the (owners, ...) slice of that expert. ``prune`` receives a
+matrix (out, in) or an expert stack (experts, out, in) with its statistics, and prunes every expert's
+matrix on its own.
 """
 
 from __future__ import annotations

@@ -49,6 +49,11 @@ class SparseGPT(Method):
     def prune(self, weight: torch.Tensor, stats: torch.Tensor | None, *, sparsity: float, group: str,
               prio: torch.Tensor) -> LocalResult:
         assert stats is not None
+        if weight.dim() == 3:  # a stack of experts: each expert its own Hessian and comparison groups
+            parts = [self.prune(w, h, sparsity=sparsity, group=group, prio=prio) for w, h in zip(weight, stats,
+                                                                                               strict=True)]
+            return LocalResult(torch.stack([p.mask for p in parts]),
+                               None if parts[0].weight is None else torch.stack([p.weight for p in parts]))
         # The 2/n factor cancels in every comparison and in the update; H = X^T X suffices.
         U, W = inverse_hessian_chol(stats, weight, percdamp=self.percdamp)
         d = torch.diag(U)

@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from secprune.aggregate import final_mask, pruned_weight, scale_factor
+from secprune.aggregate import count_tensor, final_mask, pruned_weight, scale_factor
 from secprune.methods import Method
 from secprune.strategies.base import ClientUpdate, Kind, Strategy, Task
-from secprune.topk import priority
+from secprune.topk import tie_break
 
 STRATEGIES = ("one-shot", "iterative")
 
@@ -29,13 +29,14 @@ class FedPrLLM(Strategy):
     name = "fedprllm"
 
     def __init__(self, *, method: Method, n_clients: int, sparsity: float, local_group: str = "row",
-                 server_group: str = "layer", strategy: str = "one-shot", scaling: bool = False, seed: int = 0
-                 ) -> None:
+                 server_group: str = "layer", strategy: str = "one-shot", scaling: bool = False, seed: int = 0,
+                 stable_ties: bool = False) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"--strategy: expected one of {STRATEGIES}, got {strategy!r}")
         self.method, self.n_clients, self.sparsity = method, n_clients, sparsity
         self.local_group, self.server_group, self.strategy = local_group, server_group, strategy
         self.scaling, self.seed = scaling, seed
+        self.stable_ties = stable_ties  # --numerics reference: ties to the lower index, as upstream's stable sort
         self.counts: dict[str, torch.Tensor] = {}  # vote counts M_hat per matrix, as the server learnt them
         self.final: dict[str, torch.Tensor] = {}  # the server's final mask per matrix (True = pruned)
         self.voters: dict[str, int] = {}  # clients whose masks the count holds (m, less any dropout)
@@ -77,7 +78,8 @@ class FedPrLLM(Strategy):
         key = f"local:{layer}.{name}"  # the seeded tie-break of the local top-k (the same at every client)
         if key not in self._prio:
             self._prio = {k: v for k, v in self._prio.items() if k.startswith(f"local:{layer}.")}
-            self._prio[key] = priority(shape=shape, group=self.local_group, seed=self.seed, tag=key)
+            self._prio[key] = tie_break(shape=shape, group=self.local_group, seed=self.seed, tag=key,
+                                        stable=self.stable_ties)
         return self._prio[key]
 
     def client_step(self, task: Task, *, layer: dict[str, torch.Tensor], stats: dict[str, torch.Tensor | None]
@@ -118,11 +120,11 @@ class FedPrLLM(Strategy):
         state: dict = {"counts": {}, "final": {}, "voters": {}}
         for n, s in sums.items():
             full = f"layers.{task.layer}.{n}"
-            counts = torch.as_tensor(np.asarray(s["mask"]).astype(np.int64))
+            counts = count_tensor(s["mask"], len(task.clients))
             state["counts"][full] = counts
             state["voters"][full] = len(task.clients)
             state["final"][full] = final_mask(counts, sparsity=self.sparsity, group=self.server_group,
-                                              seed=self.seed, name=full)
+                                              seed=self.seed, name=full, stable=self.stable_ties)
         self.load_step(state)
         return state
 
@@ -134,7 +136,9 @@ class FedPrLLM(Strategy):
     def fingerprint(self) -> dict:
         return {"algorithm": "fedprllm", "method": [self.method.name, getattr(self.method, "update", None)],
                 "sparsity": self.sparsity, "local_group": self.local_group, "seed": self.seed,
-                "strategy": self.strategy, "server_group": self.server_group, "scaling": self.scaling}
+                "strategy": self.strategy, "server_group": self.server_group, "scaling": self.scaling,
+                "stable_ties": self.stable_ties, "method_class": type(self.method).__name__,
+                "pad_to": getattr(self.method, "pad_to", None)}
 
 
 def _masked(layer: dict[str, torch.Tensor], update: ClientUpdate | None) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from secprune.fedspallm.aggregate import (
     expansion_k,
     l0_aggregate,
     l0_average,
+    tie_decided,
 )
 from secprune.fedspallm.comm import CommLog
 from secprune.fedspallm.sampling import schedule as make_schedule
@@ -35,10 +36,11 @@ class FedSpaLLM(Strategy):
     def __init__(self, *, method: Method, n_clients: int, sparsity: float, rounds: int = 1, expansion: bool = True,
                  layer_sampling: bool = False, resources: list[float] | None = None, local_group: str = "layer",
                  seed: int = 0, fixed_point_bits: int | None = None, clip_factor: float = 2.0,
-                 value_bytes: int = 4) -> None:
+                 value_bytes: int = 4, magnitude_ties: bool = True) -> None:
         self.method, self.n_clients, self.sparsity, self.rounds = method, n_clients, sparsity, rounds
         self.expansion, self.layer_sampling, self.resources = expansion, layer_sampling, list(resources or [])
         self.local_group, self.seed, self.clip_factor = local_group, seed, clip_factor
+        self.magnitude_ties = magnitude_ties  # Eq. 7 ties: smaller |W_g| first (False: seeded random only)
         self.bits = fixed_point_bits  # None: plaintext float sums (simulation without secure aggregation)
         self.plan: list[list[list[int]]] = []
         self.global_w: dict[str, torch.Tensor] = {}  # aggregated matrices (absent = still dense)
@@ -127,8 +129,7 @@ class FedSpaLLM(Strategy):
             self._unmasked[full] = (wg, kept_count)  # for diagnose(); not part of the state
             counts = n_part - kept_count  # Eq. 6
             inter = counts == n_part
-            mask = expand_mask(counts=counts, n_clients=n_part, sparsity=self.sparsity, magnitude=wg,
-                               seed=self.seed, name=full) if self.expansion else inter
+            mask = self._expand(counts, n_part, wg, full) if self.expansion else inter
             step["global"][full] = wg.masked_fill(mask.to(wg.device), 0.0).to(layer[n].device)
             step["masks"][full] = mask.cpu()
             # C_j <= N: int16 instead of int64 makes the counts 4x smaller in memory and checkpoints
@@ -137,12 +138,21 @@ class FedSpaLLM(Strategy):
             step["summaries"].append({"numel": mask.numel(), "pruned": int(mask.sum()),
                                       "intersection_sparsity": float(inter.float().mean()),
                                       "k": expansion_k(counts=counts, n_clients=n_part, sparsity=self.sparsity),
-                                      "max_abs_error": 0.0, "clipped": 0})
+                                      "tie_decided": tie_decided(counts=counts, n_clients=n_part, mask=mask)
+                                      if self.expansion else 0,
+                                      "max_abs_error": 0.0, "clipped": 0, "max_abs_error_masked": 0.0,
+                                      "mask_flips": 0})
         self.load_step(step)
         return step
 
+    def _expand(self, counts: torch.Tensor, n_part: int, wg: torch.Tensor, full: str) -> torch.Tensor:
+        return expand_mask(counts=counts, n_clients=n_part, sparsity=self.sparsity, seed=self.seed, name=full,
+                           magnitude=wg if self.magnitude_ties else None)
+
     def diagnose(self, task: Task, step: dict, updates: dict[int, ClientUpdate]) -> None:
-        """Simulation only (it sees every client): error of the fixed-point sums against float Eq. 5."""
+        """Simulation only (it sees every client): error of the fixed-point sums against float Eq. 5, before
+        masking (the averages) and after (the global matrix: Eq. 7's ties on the quantized ``|W_g|`` can
+        pick other entries than the float ``|W_g|`` would, ``mask_flips``)."""
         if self.bits is None or not updates:
             return
         parts = [updates[i] for i in task.clients]
@@ -155,6 +165,13 @@ class FedSpaLLM(Strategy):
                 raise RuntimeError(f"{full}: secure mask count differs from the plaintext count")
             rec["max_abs_error"] = float((secure.double() - float_wg.double()).abs().max()) if secure.numel() else 0.0
             rec["clipped"] = sum(u.clipped.get(n, 0) for u in parts)
+            n_part = len(parts)
+            float_mask = self._expand(n_part - float_count, n_part, float_wg, full) if self.expansion \
+                else float_count == 0
+            float_final = float_wg.to(step["global"][full].dtype).masked_fill(float_mask, 0.0)
+            rec["mask_flips"] = int((float_mask != step["masks"][full]).sum())
+            rec["max_abs_error_masked"] = float((step["global"][full].cpu().double() - float_final.double())
+                                                .abs().max()) if secure.numel() else 0.0
 
     def load_step(self, state: dict) -> None:
         device = {k: v.device for k, v in self.global_w.items()}
@@ -174,4 +191,5 @@ class FedSpaLLM(Strategy):
         return {"algorithm": "fedspallm", "method": [self.method.name, getattr(self.method, "update", None)],
                 "sparsity": self.sparsity, "rounds": self.rounds, "expansion": self.expansion,
                 "layer_sampling": self.layer_sampling, "resources": self.resources, "local_group": self.local_group,
-                "seed": self.seed, "fixed_point_bits": self.bits, "clip_factor": self.clip_factor}
+                "seed": self.seed, "fixed_point_bits": self.bits, "clip_factor": self.clip_factor,
+                "magnitude_ties": self.magnitude_ties}
