@@ -437,12 +437,13 @@ def inputs_from_run(run_dir: Path, budget: AuditBudget, *, eval_windows: int | N
         ids = calibration._source_ids(name, tok)
         n = len(np.array_split(np.arange(budget.population), len(names))[i])
         if n:
-            pops.append(data.sample_windows(ids, n=n, seqlen=cfg.seqlen, rng=rng))
+            pops.append(data.sample_windows(ids, n=n, seqlen=cfg.seqlen, rng=rng, bos=data.window_bos(tok)))
         freq += np.bincount(ids.numpy(), minlength=len(tok))[: len(tok)]
     ev = None
     n_eval = budget.eval_windows if eval_windows is None else eval_windows
-    if n_eval > 0 and cfg.eval:
-        ev = calibration.eval_set(cfg.eval[0], tok, seqlen=cfg.eval_seqlen, max_windows=n_eval)
+    ppl_sets = [e for e in cfg.eval if e != "zero-shot"]  # the audits' utility numbers are perplexities
+    if n_eval > 0 and ppl_sets:
+        ev = calibration.eval_set(ppl_sets[0], tok, seqlen=cfg.eval_seqlen, max_windows=n_eval)
     return AuditInputs(model=model, windows=windows, parts=parts,
                        client_masks=masks, population=torch.cat(pops), vocab_freq=freq, eval_windows=ev,
                        method=cfg.method, sparsity=cfg.sparsity, local_group=cfg.local_group,
@@ -450,7 +451,7 @@ def inputs_from_run(run_dir: Path, budget: AuditBudget, *, eval_windows: int | N
                        decode=lambda ids: tok.decode(ids),
                        run_info={"run_dir": str(run_dir), "model": cfg.model, "calib": cfg.calib,
                                  "clients": len(parts), "nsamples": cfg.nsamples, "seqlen": cfg.seqlen,
-                                 "eval_set": cfg.eval[0] if cfg.eval else None,
+                                 "eval_set": ppl_sets[0] if ppl_sets else None,
                                  "calibration": "kept by the run" if kept.is_file() else "recomputed and verified",
                                  "run_perplexity": summary.get("results", {}).get("federated")})
 

@@ -26,7 +26,15 @@ def model_info(model, name: str) -> dict:
     return {"name": name, "class": type(model).__name__, "decoder_layers": len(decoder_layers(model)),
             "prunable_matrices": len(lins), "prunable_parameters": int(sum(m.weight.numel() for m in lins.values())),
             "parameters": int(sum(p.numel() for p in model.parameters())),
-            "example_parameter": next(iter(param_names(model).values()))}
+            "example_parameter": next(iter(param_names(model).values()))} | _builtin_info(name)
+
+
+def _builtin_info(name: str) -> dict:
+    """For a built-in model: what its weights are (every table must say they were 4-bit) and their source."""
+    from secprune.models_registry import MODELS
+
+    m = MODELS.get(name)
+    return {} if m is None else {"title": m.title, "weights": m.weights, "gguf_sha256": m.sha256}
 
 
 def mask_sparsity(masks: dict[str, torch.Tensor], *, target: float) -> dict:
