@@ -621,8 +621,9 @@ def inputs_from_run(run_dir: Path, budget: AuditBudget, *, eval_windows: int | N
                                          exclude=windows, seed=10_000 + budget.seed)
     ev = None
     n_eval = budget.eval_windows if eval_windows is None else eval_windows
-    if n_eval > 0 and cfg.eval:
-        ev = calibration.eval_set(cfg.eval[0], tok, seqlen=cfg.eval_seqlen, max_windows=n_eval)
+    ppl_sets = [e for e in cfg.eval if e != "zero-shot"]  # the audits' utility numbers are perplexities
+    if n_eval > 0 and ppl_sets:
+        ev = calibration.eval_set(ppl_sets[0], tok, seqlen=cfg.eval_seqlen, max_windows=n_eval)
     return AuditInputs(model=model, windows=windows, parts=parts,
                        client_masks=masks, population=pop, vocab_freq=freq, eval_windows=ev,
                        method=cfg.method, sparsity=cfg.sparsity, local_group=cfg.local_group,
@@ -630,7 +631,7 @@ def inputs_from_run(run_dir: Path, budget: AuditBudget, *, eval_windows: int | N
                        decode=lambda ids: tok.decode(ids), population_info=pinfo,
                        run_info={"run_dir": str(run_dir), "model": cfg.model, "calib": cfg.calib,
                                  "clients": len(parts), "nsamples": cfg.nsamples, "seqlen": cfg.seqlen,
-                                 "eval_set": cfg.eval[0] if cfg.eval else None,
+                                 "eval_set": ppl_sets[0] if ppl_sets else None,
                                  "calibration": "kept by the run" if kept.is_file() else "recomputed and verified",
                                  "run_perplexity": summary.get("results", {}).get("federated")})
 
@@ -641,10 +642,12 @@ def public_population(*, tokenizer, sources: list[str], count: int, seqlen: int,
     sources, and the public token frequencies without the run's windows (:mod:`secprune.audits.population`)."""
     from secprune import calibration
     from secprune.audits import population as P
+    from secprune.data import window_bos
     from secprune.model import UsageError
 
     rng = np.random.default_rng(seed)
     vocab = len(tokenizer)
+    bos = window_bos(tokenizer)
     pops, freq, info = [], np.zeros(vocab, dtype=np.float64), {"sources": {}, "stream_tokens": 0}
     ex = exclude.numpy()
     for i, name in enumerate(sources):
@@ -655,7 +658,10 @@ def public_population(*, tokenizer, sources: list[str], count: int, seqlen: int,
                 w, winfo = P.disjoint_windows(stream=ids, seqlen=seqlen, count=n, exclude=ex, rng=rng)
             except ValueError as exc:
                 raise UsageError(f"--population {count}: {name}: {exc}") from None
-            pops.append(torch.from_numpy(w))
+            w = torch.from_numpy(w)
+            if bos is not None:  # Gemma: windows start with <bos>, as the run's do (data.window_bos)
+                w = torch.cat([torch.full((w.shape[0], 1), bos, dtype=w.dtype), w[:, :-1]], dim=1)
+            pops.append(w)
             info["sources"][name] = {k: v for k, v in winfo.items() if k != "starts"} | {"windows": n}
         f, removed = P.public_frequencies(stream=ids, exclude=ex, vocab=vocab)
         freq += f

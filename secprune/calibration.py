@@ -89,7 +89,7 @@ def build(cfg: PruneConfig, tokenizer) -> Calibration:
     for name, n in zip(names, counts, strict=True):
         if n:
             wins.append(data.sample_windows(_source_ids(name, tokenizer), n=n, seqlen=cfg.seqlen, rng=rng,
-                                            source=f"--calib {name}"))
+                                            source=f"--calib {name}", bos=data.window_bos(tokenizer)))
             sources += [name] * n
     windows = torch.cat(wins)
     if cfg.partition == "iid":
@@ -107,7 +107,7 @@ def client_windows(tokenizer, path: str | Path, *, client: int, n: int, seqlen: 
     nothing but that text, so a client in its own process (Flower) draws exactly what a simulation draws."""
     ids = data.tokenize(tokenizer, data.read_text_path(Path(path)))
     return data.sample_windows(ids, n=n, seqlen=seqlen, rng=np.random.default_rng([seed, 7, client]),
-                               source=f"--client-data {path}")
+                               source=f"--client-data {path}", bos=data.window_bos(tokenizer))
 
 
 def windows_per_client(nsamples: int, n_clients: int) -> list[int]:
@@ -120,4 +120,4 @@ def eval_set(name: str, tokenizer, *, seqlen: int, max_windows: int | None) -> t
     if ids.numel() < seqlen:
         raise UsageError(f"--eval-seqlen {seqlen}: the {name} test set has only {ids.numel()} tokens; "
                          f"expected at most that many per window")
-    return data.eval_windows(ids, seqlen=seqlen, max_windows=max_windows or None)
+    return data.eval_windows(ids, seqlen=seqlen, max_windows=max_windows or None, bos=data.window_bos(tokenizer))

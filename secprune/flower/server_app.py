@@ -75,9 +75,8 @@ def write_outputs(run: ServerRun, result: dict, out: Path, *, evaluate: bool) ->
     from safetensors.numpy import save_file as save_numpy
     from safetensors.torch import save_file
 
-    from secprune import calibration
     from secprune.aggregate import count_dtype
-    from secprune.evaluate import evaluate_model
+    from secprune.evaluate import build_evals, evaluate_model
     from secprune.model import load_model, param_names
     from secprune.run import save_final_mask
 
@@ -102,8 +101,7 @@ def write_outputs(run: ServerRun, result: dict, out: Path, *, evaluate: bool) ->
         results: dict = {}
         if evaluate and cfg.eval:
             tok = load_model(cfg.model)[1]
-            evals = {n: calibration.eval_set(n, tok, seqlen=cfg.eval_seqlen, max_windows=cfg.eval_windows)
-                     for n in cfg.eval}
+            evals = build_evals(cfg, tok, model.config)
             weights = strategy.global_w if strategy.name == "fedspallm" else None
             scales = {n: strategy.scale(n) for n in masks} if cfg.scaling and strategy.name == "fedprllm" else None
             results["federated"] = evaluate_model(model, evals, masks=None if weights else masks, weights=weights,
