@@ -8,6 +8,7 @@ same handlers in separate processes (tests/test_flower_deployment.py).
 import json
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,3 +201,18 @@ def test_serve_and_client_assemble_flower_commands(tmp_path, capsys, federation)
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1
+
+
+def test_a_deployed_client_never_takes_its_keys_or_role_from_the_server(tmp_path):
+    """The run config is the server's: it may point simulated nodes at a keys folder, but a `secprune client`
+    node (it names itself) keeps its own keys, or none, and its own role."""
+    from secprune.flower.node import ClientNode
+
+    cfg = PruneConfig(clients=2, secure_agg="he").validate()
+    served = str(tmp_path / "server-chosen-keys")
+    deployed = ClientNode(cfg=cfg, node_config={"client-id": 2, "partition-id": 2, "num-partitions": 3,
+                                                "state-dir": str(tmp_path / "a")}, run_id=1, run_keys=served)
+    assert deployed.keys is None and deployed.role == "client"
+    simulated = ClientNode(cfg=cfg, node_config={"partition-id": 2, "num-partitions": 3,
+                                                 "state-dir": str(tmp_path / "b")}, run_id=1, run_keys=served)
+    assert simulated.keys == Path(served) and simulated.role == "keyholder"

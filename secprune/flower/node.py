@@ -85,7 +85,11 @@ class ClientNode:
     def __init__(self, *, cfg: PruneConfig, node_config, run_id: int, run_keys: str = "") -> None:
         self.cfg = cfg
         nc = dict(node_config)
-        if "role" not in nc and cfg.secure_agg == "he" and nc.get("partition-id") == cfg.clients:
+        # Flower's simulation engine gives its nodes only partition-id / num-partitions; every `secprune
+        # client` node names itself (client-id or role). Only simulated nodes take what the run config (the
+        # server) says about keys and roles: a real client's keys and pinned directory are never the server's.
+        simulated = "client-id" not in nc and "role" not in nc
+        if simulated and cfg.secure_agg == "he" and nc.get("partition-id") == cfg.clients:
             nc["role"] = "keyholder"  # simulation engine: the extra node is the key holder
         self.role = str(nc.get("role", "client"))
         raw_id = nc.get("client-id", nc.get("partition-id"))
@@ -95,7 +99,7 @@ class ClientNode:
         self.node_config = nc
         base = Path(str(nc.get("state-dir") or _cache_dir() / "flower" / f"{self.role}{max(self.client, 0)}"))
         self.dir = private_dir(base / f"run-{run_id}")
-        keys = nc.get("keys") or run_keys  # simulation engine: one folder, each node reads its own key
+        keys = nc.get("keys") or (run_keys if simulated else "")  # simulation: one folder, each its own key
         self.keys = Path(str(keys)) if keys else None
 
     # --- data and model (loaded in every message's process; the model from the safetensors cache)
