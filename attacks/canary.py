@@ -39,6 +39,7 @@ import torch
 
 from secprune.audits import exposure as X
 from secprune.audits.banded import BandedFinal, BandedRowTopK, sqrt32
+from secprune.dp import skellam_noise
 from secprune.topk import lowest_k_mask, priority
 
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
@@ -206,7 +207,7 @@ def _one_secret(*, cand, cand_prior, t_idx, weights, prio, sprio, rest, m, metho
         informed["own"] -= (pruned != obs_b).sum(1).double().numpy()
         r_flat = rest[n].reshape(-1).to(torch.int64)
         total_obs = r_flat + own_obs.reshape(-1).to(torch.int64)
-        noise = torch.from_numpy(rng.poisson(lam, r_flat.numel()) - rng.poisson(lam, r_flat.numel()))
+        noise = torch.from_numpy(skellam_noise((r_flat.numel(),), lam=lam, rng=rng))
         noisy = total_obs + noise  # what the server sees with Skellam noise inside the secure sum
         y_b = noisy[idx]
         # log-likelihood of the noisy counts: each band entry contributes lp(y - r - 1) if the candidate

@@ -47,7 +47,7 @@ import torch
 
 from secprune.audits.engine import LayerZeroMasks
 from secprune.audits.epsilon import auc, auc_ci, empirical_epsilon, summarize
-from secprune.dp import flip_probability
+from secprune.dp import flip_probability, skellam_noise
 from secprune.topk import lowest_k_mask, priority
 
 VIEWS = ("own", "sum", "noisy_sum", "final", "rr")
@@ -193,7 +193,7 @@ def _make_views(own: torch.Tensor, rest: torch.Tensor, *, finals: FinalMasks, no
     s = rest + own
     noisy = s.clone()
     nb = len(noise_bits)
-    noisy[noise_bits] += torch.from_numpy(rng.poisson(budget.skellam_lam, nb) - rng.poisson(budget.skellam_lam, nb))
+    noisy[noise_bits] += torch.from_numpy(skellam_noise((nb,), lam=budget.skellam_lam, rng=rng))
     rr = own.clone()
     flips = torch.from_numpy(rng.random(nb) < flip_probability(budget.rr_eps))
     rr[noise_bits] ^= flips

@@ -73,7 +73,7 @@ def test_one_run_game_finds_included_canaries_and_not_with_magnitude(setting):
     model, pool, parts = setting
     b = OneRunBudget(canaries=32, skellam_lam=0.5)
     res = run_one_run(LayerZeroMasks(model, pool), parts=parts, canary_pool=np.arange(8, 40), budget=b)
-    assert res["canaries"] == 32 and sum(res["included"]) == sum(1 for x in res["included"] if x)
+    assert res["canaries"] == 32 and 0 < sum(res["included"]) < 32  # both members and non-members
     assert res["results"]["own"]["auc"] > 0.9 and res["results"]["own"]["eps_lower_bound"] > 0
     mag = run_one_run(LayerZeroMasks(model, pool, method="magnitude"), parts=parts, canary_pool=np.arange(8, 40),
                       budget=b)

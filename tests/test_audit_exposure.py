@@ -101,7 +101,7 @@ def test_planted_canary_reaches_max_exposure_and_a_data_free_mask_stays_at_chanc
     for row in res["rows"]:  # the exact statistic matches a direct token sum
         assert row["stat_check_rel"] < 1e-12
     assert d["informed/own"]["mean"] == pytest.approx(d["max_exposure_mean"], abs=0.5)
-    assert d["informed/sum"]["mean"] == pytest.approx(d["informed/own"]["mean"])
+    # informed/sum is informed/own by construction (the rest is known): nothing to check there
     assert d["informed/own"]["mean"] > 3 * res["chance_uniform_rank"]
     mag = _exposure("magnitude")
     for k, v in mag["summary"]["2"].items():
