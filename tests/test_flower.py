@@ -216,3 +216,11 @@ def test_a_deployed_client_never_takes_its_keys_or_role_from_the_server(tmp_path
     simulated = ClientNode(cfg=cfg, node_config={"partition-id": 2, "num-partitions": 3,
                                                  "state-dir": str(tmp_path / "b")}, run_id=1, run_keys=served)
     assert simulated.keys == Path(served) and simulated.role == "keyholder"
+
+
+def test_the_server_logs_only_known_timing_fields_from_a_client():
+    from secprune.flower.driver import _timing
+
+    sent = json.dumps({"model_load_s": 1.5, "prune_s": "2", "upload_s": 0.25, "text": "a client's secret"})
+    assert _timing(sent) == {"model_load_s": 1.5, "prune_s": 2.0, "upload_s": 0.25}
+    assert _timing("not json") == {} and _timing("[1, 2]") == {} and _timing('{"prune_s": "x"}') == {}

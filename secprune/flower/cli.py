@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from secprune import log
+from secprune import log, outdir
 from secprune.errors import UsageError
 
 
@@ -175,8 +175,7 @@ def cmd_serve(args: argparse.Namespace, config_from_args, emit) -> int:
         print(shlex.join(cmd))
         print(rc_path.read_text())
         return 0
-    if out.exists() and not cfg.overwrite:
-        raise UsageError(f"--out: {out} exists; pass --overwrite to replace an earlier secprune output")
+    outdir.check_target(out, overwrite=cfg.overwrite)  # the same rule as `secprune prune` (marker file)
     env = dict(os.environ, FLWR_HOME=str(home))
     log.info(f"running: FLWR_HOME={home} {shlex.join(cmd)}")
     code = subprocess.call(cmd, env=env, stdout=sys.stderr if not args.quiet else subprocess.DEVNULL,

@@ -212,7 +212,7 @@ class ServerRun:
             contents[c] = content | extra.get(c, {})
         replies = self._send_waves("step", contents)
         uploads: dict[int, dict[int, dict[str, int]]] = defaultdict(dict)
-        self.step_timing.append({c: json.loads(r.get("timing", "{}")) for c, r in replies.items()})
+        self.step_timing.append({c: _timing(r.get("timing", "{}")) for c, r in replies.items()})
         for c, content in replies.items():
             for step, sizes in json.loads(content.get("uploads", "{}")).items():
                 uploads[int(step)][c] = sizes
@@ -401,3 +401,24 @@ class ServerRun:
         for (kind, name), server in servers.items():
             sums[kind][name] = torch.as_tensor(server.result(got[f"{kind}/{name}/result"]))
         return sums
+
+
+TIMING_KEYS = ("model_load_s", "prune_s", "upload_s")
+
+
+def _timing(text: str) -> dict[str, float]:
+    """A client's self-reported step timing as the server logs it: the known fields as numbers, nothing else
+    (whatever else a client sends never reaches log.json)."""
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    out = {}
+    for k in TIMING_KEYS:
+        try:
+            out[k] = float(raw[k])
+        except (KeyError, TypeError, ValueError):
+            pass
+    return out
