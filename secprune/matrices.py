@@ -75,15 +75,6 @@ class Matrix:
         return self._tensor.numel()
 
 
-def n_experts(config) -> int:
-    """Routed experts per MoE block, from the config (0 for dense models)."""
-    for key in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 0
-
-
 def _is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
 

@@ -126,7 +126,8 @@ class FedSpaLLM(Strategy):
                 weighted = self.code(layer[n]).decode_sum(np.asarray(s["weight"]).reshape(-1), n_part)
                 weighted = weighted.view(kept_count.shape)
             wg = l0_average(weighted_sum=weighted, kept_count=kept_count).to(layer[n].dtype)
-            self._unmasked[full] = (wg, kept_count)  # for diagnose(); not part of the state
+            if self.bits is not None:  # for diagnose() (fixed-point sums only); not part of the state
+                self._unmasked[full] = (wg, kept_count)
             counts = n_part - kept_count  # Eq. 6
             inter = counts == n_part
             mask = self._expand(counts, n_part, wg, full) if self.expansion else inter
@@ -160,7 +161,7 @@ class FedSpaLLM(Strategy):
             n = full.split(".", 2)[2]
             float_wg, float_count = l0_aggregate(weights=[u.own[n] for u in parts],
                                                  pruned=[u.masks[n] for u in parts])
-            secure, kept_count = self._unmasked[full]
+            secure, kept_count = self._unmasked.pop(full)  # read once: do not hold every layer's matrices
             if not torch.equal(kept_count, float_count):
                 raise RuntimeError(f"{full}: secure mask count differs from the plaintext count")
             rec["max_abs_error"] = float((secure.double() - float_wg.double()).abs().max()) if secure.numel() else 0.0
