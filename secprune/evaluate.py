@@ -132,12 +132,13 @@ def evaluate_model(model, evals: dict, *, masks: dict[str, torch.Tensor] | None 
     from secprune.fedspallm.driver import apply_weights, restore_weights
 
     backup_w = apply_weights(model, weights) if weights else {}
-    backup_m = apply_masks(model, masks, scales=scales) if masks and not weights else {}
+    backup_m = apply_masks(model, masks, scales=scales) if masks and not weights else None
     try:
         res = {name: evaluate_one(model, name, w, label=label, progress=progress) for name, w in evals.items()}
         if weights or masks:
             res["weight_sparsity"] = achieved_sparsity(model)["overall"]
         return res
     finally:
-        restore(model, backup_m)
+        if backup_m is not None:
+            restore(model, backup_m)
         restore_weights(model, backup_w)

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from secprune.aggregate import final_mask, pruned_weight
+from secprune.aggregate import final_mask
 from secprune.masks import MaskSet
 from secprune.methods import Method
 from secprune.model import all_prunable
 from secprune.secagg import SecureSum, make_summer
 from secprune.simulation import OneSummer, simulate
+from secprune.stash import WeightStash
 from secprune.strategies.fedprllm import STRATEGIES, FedPrLLM
 
 __all__ = ["STRATEGIES", "FedResult", "LocalSpec", "apply_masks", "federated_prune", "local_prune", "restore",
@@ -107,18 +108,30 @@ def local_prune(model, windows: torch.Tensor, *, spec: LocalSpec, checkpoint: Pa
 
 
 def apply_masks(model, masks: dict[str, torch.Tensor], *, scales: dict[str, torch.Tensor] | None = None
-                ) -> dict[str, torch.Tensor]:
-    """Prune the model in place; returns the dense weights so that ``restore`` can undo it."""
+                ) -> WeightStash:
+    """Prune the model in place (W (.) (1 - M), times the scale if given); the dense weights go to a
+    :class:`~secprune.stash.WeightStash` on disk, not to memory, and ``restore`` puts them back."""
     lins = all_prunable(model)
-    backup = {}
-    for name, mask in masks.items():
-        lin = lins[name]
-        backup[name] = lin.weight
-        lin.weight = pruned_weight(lin.weight, mask, None if scales is None else scales[name])
-    return backup
+    stash = WeightStash()
+    try:
+        for name, mask in masks.items():
+            mat = lins[name]
+            stash.put(name, mat.data)
+            w = mat.weight  # a view of the parameter: pruning it prunes the model
+            w.masked_fill_(mask.to(w.device), 0.0)
+            if scales is not None:
+                w.mul_(scales[name].to(w.device, w.dtype))
+    except BaseException:
+        restore(model, stash)
+        raise
+    return stash
 
 
-def restore(model, backup: dict[str, torch.Tensor]) -> None:
+def restore(model, backup: WeightStash) -> None:
+    """Undo :func:`apply_masks`: every stashed matrix gets its dense weights back, and the stash is closed."""
     lins = all_prunable(model)
-    for name, w in backup.items():
-        lins[name].weight = w
+    try:
+        for name in backup:
+            backup.take(name, lins[name].data)
+    finally:
+        backup.close()

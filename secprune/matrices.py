@@ -49,6 +49,11 @@ class Matrix:
         return getattr(self.module, self.attr).data
 
     @property
+    def data(self) -> torch.Tensor:
+        """The parameter's tensor as the model stores it (Conv1D: ``(in, out)``; experts: the whole stack)."""
+        return self._tensor
+
+    @property
     def weight(self) -> torch.Tensor:
         """The weight as ``(out, in)`` (``(experts, out, in)`` for expert stacks): a view, never a copy."""
         w = self._tensor

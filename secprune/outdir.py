@@ -71,6 +71,16 @@ def private_dir(folder: Path) -> Path:
     return folder
 
 
+def write_private(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` readable by its owner alone from the first byte (created 0600; an existing
+    file is set to 0600 before it is written)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(data)
+    return Path(path)
+
+
 def make_private(path: Path) -> Path:
     os.chmod(path, 0o600)
     return path

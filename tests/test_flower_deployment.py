@@ -127,8 +127,6 @@ def test_tls_and_supernode_authentication(federation, tmp_path):
     assert identical(sim, tmp_path / "out")
 
 
-
-
 def test_flower_simulation_engine_equals_in_process(tiny_folder, tmp_path):
     """`secprune serve --simulation`: Flower's own simulation engine (Ray), partitions of a built-in corpus."""
     common = ["--model", str(tiny_folder), "--clients", "3", "--nsamples", "6", "--seqlen", "16", "--calib", "ptb",
@@ -145,3 +143,8 @@ def test_flower_simulation_engine_equals_in_process(tiny_folder, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["engine"] == "flower-simulation"
     assert identical(tmp_path / "sim", tmp_path / "out")
+    # the run had a local SuperLink of its own (its log is under --flower-home), and it is gone
+    from secprune.flower.localhost import local_superlinks
+
+    assert (tmp_path / "home" / "local-superlink" / "superlink.log").is_file()
+    assert local_superlinks(tmp_path / "home") == []

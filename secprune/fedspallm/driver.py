@@ -109,6 +109,23 @@ class _Summers:
                 "total_bytes": int(sum(s["total_bytes"] for s in out))}
 
 
+def spec_from_config(cfg) -> FedSpaSpec:
+    """The FedSpaLLM run of a validated :class:`~secprune.config.PruneConfig`."""
+    return FedSpaSpec(sparsity=cfg.sparsity, rounds=cfg.rounds, expansion=cfg.expansion,
+                      layer_sampling=cfg.layer_sampling, resources=list(cfg.resources), local_group=cfg.local_group,
+                      seed=cfg.seed, batch_size=cfg.batch_size, fixed_point_bits=cfg.fixed_point_bits)
+
+
+def make_strategy(spec: FedSpaSpec, *, n_clients: int, secure: bool) -> FedSpaLLM:
+    """The FedSpaLLM strategy of ``spec``: the in-process driver and the Flower apps build it here alike
+    (``secure``: Eq. 5's sums go through a secure-sum backend as fixed-point integers)."""
+    return FedSpaLLM(method=spec.local_method(), n_clients=n_clients, sparsity=spec.sparsity, rounds=spec.rounds,
+                     expansion=spec.expansion, layer_sampling=spec.layer_sampling, resources=spec.resources,
+                     local_group=spec.local_group, seed=spec.seed, clip_factor=spec.clip_factor,
+                     fixed_point_bits=spec.fixed_point_bits if secure else None,
+                     value_bytes=spec.value_bytes, magnitude_ties=spec.magnitude_ties)
+
+
 def fedspallm_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, spec: FedSpaSpec,
                     secure: str | None = None, secagg_options: dict | None = None,
                     keep_clients: tuple[int, ...] | list[int] = (), desc: str = "fedspallm",
@@ -125,11 +142,7 @@ def fedspallm_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
     n_clients = len(parts)
     layers = decoder_layers(model)
     n_layers = len(layers)
-    strat = FedSpaLLM(method=spec.local_method(), n_clients=n_clients, sparsity=spec.sparsity, rounds=spec.rounds,
-                      expansion=spec.expansion, layer_sampling=spec.layer_sampling, resources=spec.resources,
-                      local_group=spec.local_group, seed=spec.seed, clip_factor=spec.clip_factor,
-                      fixed_point_bits=spec.fixed_point_bits if secure is not None else None,
-                      value_bytes=spec.value_bytes, magnitude_ties=spec.magnitude_ties)
+    strat = make_strategy(spec, n_clients=n_clients, secure=secure is not None)
     strat.comm.model_entries = sum(lin.weight.numel() for layer in layers for lin in prunable_linears(layer).values())
     plan = make_schedule(resources=spec.resources, n_clients=n_clients, n_layers=n_layers, rounds=spec.rounds,
                          seed=spec.seed, sampling=spec.layer_sampling)

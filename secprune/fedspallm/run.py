@@ -20,15 +20,9 @@ from secprune import log, summary
 from secprune.config import PruneConfig
 from secprune.evaluate import evaluate_model
 from secprune.fedspallm.baselines import random_masks, standalone_model
-from secprune.fedspallm.driver import FedSpaSpec, fedspallm_prune
+from secprune.fedspallm.driver import fedspallm_prune, spec_from_config
 from secprune.fedspallm.sampling import schedule
 from secprune.model import UsageError, decoder_layers, param_names
-
-
-def spec_from_config(cfg: PruneConfig) -> FedSpaSpec:
-    return FedSpaSpec(sparsity=cfg.sparsity, rounds=cfg.rounds, expansion=cfg.expansion,
-                      layer_sampling=cfg.layer_sampling, resources=list(cfg.resources), local_group=cfg.local_group,
-                      seed=cfg.seed, batch_size=cfg.batch_size, fixed_point_bits=cfg.fixed_point_bits)
 
 
 def run_fedspallm(cfg: PruneConfig, prep, tmp: Path, partial: Path, *, progress: bool = True) -> tuple[dict, dict]:

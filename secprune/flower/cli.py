@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -157,7 +158,8 @@ def cmd_serve(args: argparse.Namespace, config_from_args, emit) -> int:
                                  key_holder=cfg.secure_agg == "he", stage_timeout=args.stage_timeout,
                                  parallel=args.parallel, evaluate=args.evaluate,
                                  keys=str(Path(args.keys).resolve()) if args.keys else "")
-    home = Path(args.flower_home or tempfile.mkdtemp(prefix="secprune-flwr-"))
+    temporary_home = not args.flower_home
+    home = Path(args.flower_home or tempfile.mkdtemp(prefix="secprune-flwr-")).resolve()
     home.mkdir(parents=True, exist_ok=True)
     name = "secprune-sim" if args.simulation else "secprune"
     conn: dict = {"address": ":local:"} if args.simulation else {"address": args.superlink}
@@ -177,9 +179,23 @@ def cmd_serve(args: argparse.Namespace, config_from_args, emit) -> int:
         return 0
     outdir.check_target(out, overwrite=cfg.overwrite)  # the same rule as `secprune prune` (marker file)
     env = dict(os.environ, FLWR_HOME=str(home))
+    if args.simulation:
+        # Flower's local SuperLink outlives `flwr run` and is reused by any later run on its ports, even one
+        # whose FLWR_HOME is gone: give this run one of its own on free ports, and stop it afterwards.
+        from secprune.flower.localhost import free_port
+
+        env.update(FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()), FLWR_LOCAL_CONTROL_API_PORT=str(free_port()))
     log.info(f"running: FLWR_HOME={home} {shlex.join(cmd)}")
-    code = subprocess.call(cmd, env=env, stdout=sys.stderr if not args.quiet else subprocess.DEVNULL,
-                           stderr=subprocess.STDOUT if not args.quiet else subprocess.DEVNULL)
+    try:
+        code = subprocess.call(cmd, env=env, stdout=sys.stderr if not args.quiet else subprocess.DEVNULL,
+                               stderr=subprocess.STDOUT if not args.quiet else subprocess.DEVNULL)
+    finally:
+        if args.simulation:
+            from secprune.flower.localhost import stop_local_superlinks
+
+            stop_local_superlinks(home)
+        if temporary_home:
+            shutil.rmtree(home, ignore_errors=True)
     summary = out / "summary.json"
     s = json.loads(summary.read_text()) if summary.is_file() else {}
     if code != 0 or s.get("run_tag") != tag:

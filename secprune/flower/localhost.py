@@ -14,11 +14,43 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from secprune.outdir import write_private
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def local_superlinks(home: Path) -> list[int]:
+    """PIDs of the local SuperLinks that ``flwr run`` started with ``FLWR_HOME=home`` (Flower 1.41 gives each
+    a ``--log-file`` under ``<home>/local-superlink``; Linux ``/proc``)."""
+    marker = str(Path(home).resolve() / "local-superlink") + os.sep
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0")]
+        except OSError:
+            continue
+        if any(a.endswith("flower-superlink") for a in argv[:2]) and any(a.startswith(marker) for a in argv):
+            found.append(int(proc.name))
+    return found
+
+
+def stop_local_superlinks(home: Path, *, grace: float = 5.0) -> list[int]:
+    """Stop every local SuperLink of ``home`` and its process group (the SuperExec workers it spawned)."""
+    pids = local_superlinks(home)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.killpg(pid, sig)  # Flower starts it detached, as the leader of its own group
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+            time.sleep(0.1)
+    return pids
 
 
 def make_tls(folder: Path) -> dict[str, Path]:
@@ -60,9 +92,8 @@ def make_node_key(path: Path) -> Path:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP384R1())
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                       serialization.NoEncryption()))
-    os.chmod(path, 0o600)
+    write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption()))
     path.with_suffix(".pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                                       serialization.PublicFormat.OpenSSH))
     return path
@@ -88,9 +119,9 @@ class Deployment:
         return dict(os.environ, FLWR_HOME=str(self.folder / "flwr"))
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
-        log = open(self.folder / f"{name}.log", "wb")
-        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                            start_new_session=True)  # own group: kill takes its children too
+        with open(self.folder / f"{name}.log", "wb") as log:  # the child keeps its own copy of the handle
+            self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                                start_new_session=True)  # own group: kill takes its children too
 
     def start(self, *, wait: float = 5.0) -> Deployment:
         self.folder.mkdir(parents=True, exist_ok=True)

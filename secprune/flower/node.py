@@ -38,17 +38,12 @@ if TYPE_CHECKING:  # the protocol stages import no torch: only the pruning step 
 
 def build_strategy(cfg: PruneConfig, *, secure: bool):
     """The run's strategy, the same object on the server and at every client."""
-    from secprune.methods import make_method
 
-    method = make_method(cfg.method, sparsegpt_update=cfg.sparsegpt_update)
     if cfg.algorithm == "fedspallm":
-        from secprune.fedspallm.aggregate import DEFAULT_CLIP_FACTOR
-        from secprune.strategies.fedspallm import FedSpaLLM
+        from secprune.fedspallm.driver import make_strategy
+        from secprune.fedspallm.driver import spec_from_config as fedspa_spec
 
-        return FedSpaLLM(method=method, n_clients=cfg.clients, sparsity=cfg.sparsity, rounds=cfg.rounds,
-                         expansion=cfg.expansion, layer_sampling=cfg.layer_sampling, resources=cfg.resources,
-                         local_group=cfg.local_group, seed=cfg.seed, clip_factor=DEFAULT_CLIP_FACTOR,
-                         fixed_point_bits=cfg.fixed_point_bits if secure else None)
+        return make_strategy(fedspa_spec(cfg), n_clients=cfg.clients, secure=secure)
     from secprune.federated import spec_from_config
     from secprune.strategies.fedprllm import FedPrLLM
 

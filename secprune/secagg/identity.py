@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from secprune.outdir import write_private
 from secprune.secagg.messages import KEY_HOLDER, party_name
 
 __all__ = ["IdentityKey", "KeyDirectory", "generate_identities", "load_identities"]
@@ -51,9 +51,7 @@ class IdentityKey:
         """Write the key as PKCS#8 PEM, readable by the owner only."""
         pem = self._sk.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                      serialization.NoEncryption())
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
+        write_private(Path(path), pem)
 
     def sign(self, message: bytes) -> bytes:
         return self._sk.sign(message)
