@@ -18,7 +18,7 @@ arguments every layer receives are recorded once (:func:`secprune.capture.layer_
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -147,10 +147,11 @@ class Replay:
         return stats
 
     @torch.no_grad()
-    def advance(self, groups: Sequence[tuple[np.ndarray, dict[str, torch.Tensor] | None]]) -> None:
+    def advance(self, groups: Iterable[tuple[np.ndarray, dict[str, torch.Tensor] | None]]) -> None:
         """Move to the next layer: each owner's windows ``idx`` go through the current layer with the weights
         that owner continues with (``None`` = the layer as it is), in batches of their own; together the
-        groups must cover every window."""
+        groups must cover every window. ``groups`` may be a generator, so that only one owner's weights
+        exist at a time."""
         outs = torch.empty_like(self.inps)
         for idx, weights in groups:
             with self.weights(weights):

@@ -22,6 +22,13 @@ from secprune import log, outdir
 from secprune.errors import UsageError
 
 
+def write_connection(home: Path, name: str, conn: dict) -> None:
+    """The Flower CLI's ``config.toml`` in FLWR_HOME ``home``: one SuperLink connection ``name``, the default."""
+    import tomli_w
+
+    (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": name, name: conn}}))
+
+
 def register(sub, add_config_flags, config_from_args, emit) -> None:
     p = sub.add_parser("serve", help="run federated pruning on Flower (a SuperLink, or --simulation)",
                        description="Submit secprune's Flower ServerApp/ClientApp run with the options of `secprune "
@@ -169,7 +176,7 @@ def cmd_serve(args: argparse.Namespace, config_from_args, emit) -> int:
         conn["root-certificates"] = str(Path(args.root_certificates).resolve())
     else:
         conn["insecure"] = True
-    (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": name, name: conn}}))
+    write_connection(home, name, conn)
     rc_path = home / "run_config.toml"
     rc_path.write_text(tomli_w.dumps(run_config))
     cmd = ["flwr", "run", str(APP_DIR), name, "--run-config", str(rc_path), "--stream"]

@@ -152,9 +152,11 @@ class Deployment:
         return self
 
     def _write_connection(self) -> None:
-        conn = f'address = "{self.address}"\n'
-        conn += f'root-certificates = "{self.certs["ca"]}"\n' if (self.tls or self.auth) else "insecure = true\n"
-        (self.folder / "flwr" / "config.toml").write_text(f'[superlink]\ndefault = "dep"\n\n[superlink.dep]\n{conn}')
+        from secprune.flower.cli import write_connection
+
+        conn: dict = {"address": self.address}
+        conn |= {"root-certificates": str(self.certs["ca"])} if (self.tls or self.auth) else {"insecure": True}
+        write_connection(self.folder / "flwr", "dep", conn)
 
     def serve(self, args: list[str], *, timeout: float = 900) -> subprocess.CompletedProcess:
         """``secprune serve --superlink`` against this deployment (its JSON result on stdout)."""
