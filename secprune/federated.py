@@ -8,6 +8,7 @@ window. The dense weights are restored after every layer; the caller applies the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def spec_from_config(cfg, *, alone: bool = False) -> LocalSpec:
 class FedResult:
     client_masks: MaskSet | None  # the recorded clients' local masks per matrix ("layers.3.mlp.up_proj")
     counts: dict[str, torch.Tensor]  # aggregated vote counts M_hat per matrix (as the server learnt them)
-    final: dict[str, torch.Tensor]  # the server's final mask per matrix (True = pruned)
+    final: Mapping[str, torch.Tensor]  # the server's final mask per matrix (True = pruned; bit-packed)
     n_clients: int
     strategy: str
     server_group: str
@@ -73,19 +74,22 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
                     strategy: str = "one-shot", server_group: str = "layer", scaling: bool = False,
                     summer: SecureSum | None = None, checkpoint: Path | None = None,
                     keep_weights: tuple[int, ...] | list[int] = (), desc: str = "prune",
-                    progress: bool = True, record_clients: int | None = None) -> FedResult:
+                    progress: bool = True, record_clients: int | None = None, keep_counts: bool = True
+                    ) -> FedResult:
     """Run FedPrLLM over ``windows`` (n, seqlen) split into client index sets ``parts``, in-process.
 
     ``keep_weights`` names clients whose own pruned weights are returned in ``FedResult.weights`` (CPU):
     with SparseGPT's OBS update they differ from the masked dense weights, and a client-alone baseline
     (centralized, local-only) must be evaluated with them. ``record_clients`` keeps only the first that many
-    clients' masks in ``FedResult.client_masks`` (default: all; 1 bit per weight and client).
+    clients' masks in ``FedResult.client_masks`` (default: all; 1 bit per weight and client). Without
+    ``keep_counts`` (and without ``scaling``, which needs them) ``FedResult.counts`` is empty: the server
+    drops each layer's vote counts once its final mask is chosen.
     """
     m = len(parts)
     summer = summer or make_summer("none", n_clients=m)
     strat = FedPrLLM(method=spec.method, n_clients=m, sparsity=spec.sparsity, local_group=spec.local_group,
                      server_group=server_group, strategy=strategy, scaling=scaling, seed=spec.seed,
-                     stable_ties=spec.stable_ties)
+                     stable_ties=spec.stable_ties, keep_counts=keep_counts)
     sim = simulate(model, windows, parts, strat, summers=OneSummer(summer), batch_size=spec.batch_size,
                    checkpoint=checkpoint, keep=keep_weights, desc=desc, progress=progress,
                    record_masks=True if record_clients is None else record_clients,

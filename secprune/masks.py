@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,32 @@ def pack(mask: torch.Tensor) -> np.ndarray:
 
 def unpack(packed: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
     n = int(np.prod(shape))
-    return torch.from_numpy(np.unpackbits(packed, count=n).astype(bool).reshape(shape))
+    return torch.from_numpy(np.unpackbits(packed, count=n).view(np.bool_).reshape(shape))
+
+
+class PackedMasks(MutableMapping):
+    """Name -> boolean mask, stored bit-packed (1 bit per weight where ``torch.bool`` takes a byte: 1.2 GB
+    less for the final mask of a 1.5B model) and unpacked on every read."""
+
+    def __init__(self, masks: Mapping[str, torch.Tensor] | None = None) -> None:
+        self._packed: dict[str, tuple[np.ndarray, tuple[int, ...]]] = {}
+        self.update(masks or {})
+
+    def __setitem__(self, name: str, mask: torch.Tensor) -> None:
+        self._packed[name] = (pack(mask), tuple(mask.shape))
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        packed, shape = self._packed[name]
+        return unpack(packed, shape)
+
+    def __delitem__(self, name: str) -> None:
+        del self._packed[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._packed)
+
+    def __len__(self) -> int:
+        return len(self._packed)
 
 
 class MaskSet:

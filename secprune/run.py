@@ -156,7 +156,7 @@ def _run_fedprllm(cfg: PruneConfig, prep: Prepared, tmp: Path, partial: Path, *,
                                      server_group=cfg.server_group, scaling=cfg.scaling, summer=summer,
                                      checkpoint=partial / "federated", keep_weights=keep, desc="clients",
                                      progress=progress, record_clients=m if cfg.save_client_masks
-                                     else n_local if cfg.strategy == "one-shot" else 0)
+                                     else n_local if cfg.strategy == "one-shot" else 0, keep_counts=False)
     timings["prune_s"] = time.perf_counter() - t
     scales = LazyScales(fed.counts, m) if cfg.scaling else None
     sparsity = summary.mask_sparsity(fed.final, target=cfg.sparsity)

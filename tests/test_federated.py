@@ -272,3 +272,16 @@ def test_generic_layers_gemma3_replays_per_layer_masks_and_rope():
     assert len(ref) == 3 * 7
     for name, mask in ref.items():
         assert (res.final[name] == mask).float().mean() > 0.999, name
+
+
+@pytest.mark.parametrize("strategy", ["one-shot", "iterative"])
+def test_dropping_counts_changes_no_mask(model, windows, strategy):
+    # the server may forget each layer's counts once its final mask is chosen (run.py does, without scaling)
+    parts = [np.arange(4), np.arange(4, 8)]
+    kept = run(model, windows, parts, strategy=strategy)
+    dropped = run(model, windows, parts, strategy=strategy, keep_counts=False)
+    assert dropped.counts == {} and set(kept.counts) == set(kept.final)
+    assert set(dropped.final) == set(kept.final)
+    assert all(torch.equal(dropped.final[n], kept.final[n]) for n in kept.final)
+    scaled = run(model, windows, parts, strategy=strategy, keep_counts=False, scaling=True)
+    assert set(scaled.counts) == set(kept.final)  # scaling needs them: kept whatever keep_counts says
