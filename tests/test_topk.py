@@ -63,6 +63,13 @@ def test_rejects_unknown_group_and_nan():
     with pytest.raises(ValueError, match="NaN"):
         lowest_k_mask(torch.tensor([[float("nan"), 1.0]]), sparsity=0.5, group="row",
                       prio=torch.zeros(1, 2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="NaN"):
+        lowest_k_mask(torch.tensor([[float("inf"), 1.0, float("nan"), 2.0]]), sparsity=0.5, group="row",
+                      prio=torch.arange(4).view(1, 4))
+    # infinities are scores like any other (their sum is NaN, but no score is)
+    mask = lowest_k_mask(torch.tensor([[float("inf"), 1.0, -float("inf"), 2.0]]), sparsity=0.5, group="row",
+                         prio=torch.arange(4).view(1, 4))
+    assert mask.tolist() == [[False, True, True, False]]
 
 
 @pytest.mark.parametrize("group", GROUPS)
