@@ -302,8 +302,10 @@ class PruneConfig:
                  f"--method {self.method}")
             need(not self.client_data, "--numerics reference: draws the windows from one --calib corpus as upstream's "
                                        "loaders do; not with --client-data")
-            need(self.partition == "iid" and "," not in self.calib,
-                 "--numerics reference: one --calib corpus split by random.shuffle (no --partition dirichlet)")
+            need("," not in self.calib, f"--calib {self.calib}: --numerics reference draws the windows from one "
+                                        "corpus, as upstream's loaders do")
+            need(self.partition == "iid", f"--partition {self.partition}: --numerics reference splits the windows "
+                                          "by random.shuffle, as upstream does (iid)")
             need("batch_size" not in explicit or self.batch_size == 1,
                  f"--batch-size {self.batch_size}: --numerics reference runs one window per forward, as upstream")
             self.batch_size = 1

@@ -145,11 +145,16 @@ def test_expert_statistics_come_from_the_tokens_routed_to_it(family):
     assert (stats["mlp.experts.gate_up_proj"].sum(-1) > 0).sum() >= 2  # the routing reached several experts
 
 
-@pytest.mark.parametrize("family", ["qwen2_moe", "gpt2", "opt"])
-def test_fedspallm_expands_every_expert_matrix_on_its_own(family):
+@pytest.mark.parametrize("family", ["qwen2_moe", "mixtral", "olmoe", "gpt2", "opt"])
+def test_fedspallm_expands_every_matrix_and_every_expert_on_its_own(family):
+    # MoE: each expert's matrix of a fused stack gets its own ceil(s d); GPT-2 (transposed Conv1D) and OPT
+    # (flattened inputs): every plain matrix does
     model, w = tiny_model(family), windows()
     spec = FedSpaSpec(sparsity=0.5, batch_size=2, method=SparseGPT(update=True))
     res = fedspallm_prune(model, w, [np.arange(2), np.arange(2, 4)], spec=spec, progress=False)
+    stacks = [n for n, m in res.masks.items() if m.dim() == 3]
+    assert bool(stacks) == (family in MOE), stacks
+    assert all(res.masks[n].shape[0] > 1 for n in stacks)
     for name, mask in res.masks.items():
         rows, cols = mask.shape[-2:]
         assert (mask.reshape(-1, rows * cols).sum(-1) == (rows * cols + 1) // 2).all(), name  # ceil(s d) each
