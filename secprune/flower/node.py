@@ -38,12 +38,10 @@ if TYPE_CHECKING:  # the protocol stages import no torch: only the pruning step 
 
 def build_strategy(cfg: PruneConfig, *, secure: bool):
     """The run's strategy, the same object on the server and at every client."""
-
     if cfg.algorithm == "fedspallm":
-        from secprune.fedspallm.driver import make_strategy
-        from secprune.fedspallm.driver import spec_from_config as fedspa_spec
+        from secprune.fedspallm import driver
 
-        return make_strategy(fedspa_spec(cfg), n_clients=cfg.clients, secure=secure)
+        return driver.make_strategy(driver.spec_from_config(cfg), n_clients=cfg.clients, secure=secure)
     from secprune.federated import spec_from_config
     from secprune.strategies.fedprllm import FedPrLLM
 
