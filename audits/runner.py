@@ -570,8 +570,8 @@ def save_audit(out_dir: Path, result: dict, private: dict | None) -> None:
 
     if private is not None:
         folder = outdir.private_dir(out_dir / "private")
-        write_json_atomic(folder / "reconstructions.json", private)
-        outdir.make_private(folder / "reconstructions.json")
+        with outdir.owner_only():
+            write_json_atomic(folder / "reconstructions.json", private)
     write_json_atomic(out_dir / "audit.json", result)
 
 

@@ -7,9 +7,11 @@ replaces only such folders, never a folder of the user's own files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from secprune.errors import UsageError
@@ -81,6 +83,13 @@ def write_private(path: Path, data: bytes) -> Path:
     return Path(path)
 
 
-def make_private(path: Path) -> Path:
-    os.chmod(path, 0o600)
-    return path
+@contextlib.contextmanager
+def owner_only() -> Iterator[None]:
+    """Files and folders created inside are the owner's alone from the first byte (umask 077), for writers
+    that take a path (``torch.save``, ``np.save``, safetensors) and so cannot be handed a 0600 descriptor.
+    The umask is process-wide: hold it only around the writes."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)

@@ -101,8 +101,8 @@ def keep_private(cfg: PruneConfig, prep: Prepared, folder: Path, files: dict) ->
     if not cfg.keep_calibration:
         return
     path = outdir.private_dir(folder / "private") / "calibration.pt"
-    torch.save({"windows": prep.calib.windows, "parts": prep.calib.parts, "sources": prep.calib.sources}, path)
-    outdir.make_private(path)
+    with outdir.owner_only():
+        torch.save({"windows": prep.calib.windows, "parts": prep.calib.parts, "sources": prep.calib.sources}, path)
     files["calibration"] = "private/calibration.pt"
     log.warn(f"--keep-calibration: every client's calibration token ids are kept in {cfg.out}/private/ "
              "(owner-only); they decode to the clients' text: delete them when the audit is done")
@@ -199,8 +199,8 @@ def _run_fedprllm(cfg: PruneConfig, prep: Prepared, tmp: Path, partial: Path, *,
         files["vote_counts"] = "vote_counts.safetensors"
     if cfg.save_client_masks:
         path = outdir.private_dir(tmp / "private") / "client_masks.safetensors"
-        fed.client_masks.save(path, names=names)
-        outdir.make_private(path)
+        with outdir.owner_only():
+            fed.client_masks.save(path, names=names)
         files["client_masks"] = "private/client_masks.safetensors"
         log.warn(f"--save-client-masks: every client's own mask is kept in {cfg.out}/private/ (owner-only); "
                  "a client's mask leaks its data (see `secprune audit`)")

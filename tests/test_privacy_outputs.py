@@ -81,7 +81,17 @@ def test_no_client_data_in_outputs_cache_or_logs(tiny_folder, client_files, tmp_
     assert audit["run"]["calibration"] == "recomputed and verified"
 
 
-def test_positive_control_the_scanner_finds_kept_data(tiny_folder, client_files, tmp_path, cache):
+def test_positive_control_the_scanner_finds_kept_data(tiny_folder, client_files, tmp_path, cache, monkeypatch):
+    from secprune.report import writer
+
+    written = {}  # each report file's mode the moment it is written (nothing chmods it afterwards)
+
+    def recording_write(path, data):
+        real_write(path, data)
+        written[path.name] = (stat.S_IMODE(os.stat(path).st_mode), stat.S_IMODE(os.stat(path.parent).st_mode))
+
+    real_write = writer._atomic_write
+    monkeypatch.setattr(writer, "_atomic_write", recording_write)
     out = tmp_path / "run"
     assert main(["prune", "--model", str(tiny_folder), "--client-data", *client_files, *SMALL, "--out", str(out),
                  "--keep-calibration", "--save-client-masks", "--quiet", "--baselines"]) == 0
@@ -94,6 +104,8 @@ def test_positive_control_the_scanner_finds_kept_data(tiny_folder, client_files,
     assert stat.S_IMODE(os.stat(rec).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "rep").st_mode) == 0o700
     assert stat.S_IMODE(os.stat(tmp_path / "rep" / "report.html").st_mode) == 0o600
+    assert {"report.html", "report.md", "report.json"} <= set(written)
+    assert set(written.values()) == {(0o600, 0o700)}, written
 
 
 def test_audit_refuses_changed_client_data_and_never_prunes_on_a_typo(tiny_folder, client_files, tmp_path, cache,

@@ -27,7 +27,7 @@ import numpy as np
 
 from secprune.config import PruneConfig
 from secprune.errors import UsageError
-from secprune.outdir import make_private, private_dir
+from secprune.outdir import owner_only, private_dir
 from secprune.strategies.base import ClientUpdate, Task
 
 if TYPE_CHECKING:  # the protocol stages import no torch: only the pruning step needs it
@@ -129,9 +129,8 @@ class ClientNode:
     def save(self, name: str, obj) -> None:
         path = self._path(name)
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with owner_only(), open(tmp, "wb") as f:
             pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-        make_private(tmp)
         tmp.replace(path)
 
     def load(self, name: str, default=None):
@@ -143,8 +142,8 @@ class ClientNode:
 
     def save_vector(self, kind: str, name: str, vector: np.ndarray) -> None:
         folder = private_dir(self.dir / "vectors" / kind)
-        np.save(folder / f"{name}.npy", vector)
-        make_private(folder / f"{name}.npy")
+        with owner_only():
+            np.save(folder / f"{name}.npy", vector)
 
     def vector(self, kind: str, name: str) -> np.ndarray:
         return np.load(self.dir / "vectors" / kind / f"{name}.npy", mmap_mode="r")

@@ -10,6 +10,7 @@ Reconstructed private text lives in the audit's ``private/reconstructions.json``
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
@@ -757,23 +758,24 @@ def write_report(audit_dir: Path, out_dir: Path, *, show_reconstructions: bool =
     parts.append("</body></html>")
 
     final_dir, out_dir = out_dir, outdir.staging(out_dir, kind="report")
-    for name, (png, _, _) in figs.items():
-        _atomic_write(out_dir / "figures" / f"{name}.png", png)
-    _atomic_write(out_dir / "report.html", "".join(parts))
-    _atomic_write(out_dir / "report.md", "\n".join(md))
-    report_json = {"summary": a["summary"], "statement": _statement(a), "paper": a["paper"],
-                   "sections": [s for s, _ in SECTIONS],
-                   "figures": {name: {"caption": cap, "data": data} for name, (_, data, cap) in figs.items()},
-                   "tables": {sid: [blk[1:] for blk in bl if blk[0] == "table"] for sid, bl in blocks.items()},
-                   "text": {sid: [_strip_tags(blk[1]) for blk in bl if blk[0] == "p"] for sid, bl in blocks.items()},
-                   "reconstructions_shown": show_reconstructions}
-    _atomic_write(out_dir / "report.json", json.dumps(report_json, indent=1, default=_default))
-    if show_reconstructions:  # the report quotes the clients' text: owner-only
-        for f in [out_dir, *out_dir.rglob("*")]:
-            if f.is_dir():
-                outdir.private_dir(f)
-            else:
-                outdir.make_private(f)
+    # quoting the clients' text, the folder and every file in it are the owner's alone from the first byte
+    private = outdir.owner_only() if show_reconstructions else contextlib.nullcontext()
+    with private:
+        if show_reconstructions:
+            outdir.private_dir(out_dir)
+        for name, (png, _, _) in figs.items():
+            _atomic_write(out_dir / "figures" / f"{name}.png", png)
+        _atomic_write(out_dir / "report.html", "".join(parts))
+        _atomic_write(out_dir / "report.md", "\n".join(md))
+        report_json = {"summary": a["summary"], "statement": _statement(a), "paper": a["paper"],
+                       "sections": [s for s, _ in SECTIONS],
+                       "figures": {name: {"caption": cap, "data": data} for name, (_, data, cap) in figs.items()},
+                       "tables": {sid: [blk[1:] for blk in bl if blk[0] == "table"] for sid, bl in blocks.items()},
+                       "text": {sid: [_strip_tags(blk[1]) for blk in bl if blk[0] == "p"]
+                                for sid, bl in blocks.items()},
+                       "reconstructions_shown": show_reconstructions}
+        _atomic_write(out_dir / "report.json", json.dumps(report_json, indent=1, default=_default))
+    if show_reconstructions:
         log.warn(f"--show-reconstructions: {final_dir} quotes the clients' private text (owner-only folder); "
                  "do not share it")
     outdir.commit(out_dir, final_dir)

@@ -1,0 +1,40 @@
+"""``outdir.owner_only``: what is created inside is the owner's alone at creation, whatever the umask."""
+
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+
+from secprune import outdir
+
+
+def mode(p) -> int:
+    return stat.S_IMODE(os.stat(p).st_mode)
+
+
+def test_files_and_folders_are_created_owner_only(tmp_path):
+    old = os.umask(0o022)  # a permissive umask, as on most machines
+    try:
+        with outdir.owner_only():
+            torch.save({"x": torch.arange(3)}, tmp_path / "a.pt")
+            np.save(tmp_path / "b.npy", np.arange(3))
+            (tmp_path / "sub").mkdir()
+            (tmp_path / "sub" / "c.txt").write_text("secret")
+        (tmp_path / "after.txt").write_text("public")
+    finally:
+        os.umask(old)
+    assert [mode(tmp_path / f) for f in ("a.pt", "b.npy", "sub/c.txt")] == [0o600] * 3
+    assert mode(tmp_path / "sub") == 0o700
+    assert mode(tmp_path / "after.txt") == 0o644  # the umask is given back
+
+
+def test_the_umask_is_given_back_after_an_error():
+    old = os.umask(0o022)
+    try:
+        with pytest.raises(RuntimeError), outdir.owner_only():
+            raise RuntimeError("write failed")
+        assert os.umask(0o022) == 0o022
+    finally:
+        os.umask(old)
