@@ -69,16 +69,23 @@ def _kth(values: torch.Tensor, k: int, group: str) -> torch.Tensor:
     """The k-th smallest value (1-based) of every group, shaped to broadcast against ``values``. On CPU,
     numpy's introselect (``np.partition``) finds the same order statistic 1.4-3.3x faster than
     ``torch.kthvalue``, which also tracks indices; each client selects inside every matrix, so this is most
-    of the simulation's overhead over a centralized run."""
+    of the simulation's overhead over a centralized run. Elsewhere (CUDA) ``torch.kthvalue`` stays on the
+    device."""
+    return (_kth_numpy if values.device.type == "cpu" else _kth_torch)(values, k, group)
+
+
+def _kth_numpy(values: torch.Tensor, k: int, group: str) -> torch.Tensor:
+    a, lead = values.numpy(), values.shape[:-2]
+    if group == "row":
+        return torch.from_numpy(np.partition(a, k - 1, axis=-1)[..., k - 1:k])
+    if group == "column":
+        return torch.from_numpy(np.partition(a, k - 1, axis=-2)[..., k - 1:k, :])
+    flat = a.reshape(*lead, -1)
+    return torch.from_numpy(np.partition(flat, k - 1, axis=-1)[..., k - 1]).reshape(*lead, 1, 1)
+
+
+def _kth_torch(values: torch.Tensor, k: int, group: str) -> torch.Tensor:
     lead = values.shape[:-2]
-    if values.device.type == "cpu":
-        a = values.numpy()
-        if group == "row":
-            return torch.from_numpy(np.partition(a, k - 1, axis=-1)[..., k - 1:k])
-        if group == "column":
-            return torch.from_numpy(np.partition(a, k - 1, axis=-2)[..., k - 1:k, :])
-        flat = a.reshape(*lead, -1)
-        return torch.from_numpy(np.partition(flat, k - 1, axis=-1)[..., k - 1]).reshape(*lead, 1, 1)
     if group == "row":
         return values.kthvalue(k, dim=-1, keepdim=True).values
     if group == "column":

@@ -102,19 +102,22 @@ def test_row_batches_with_continuous_scores_take_the_fast_path():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int64])
 @pytest.mark.parametrize("group", GROUPS)
-def test_cpu_selection_finds_torch_kthvalue_order_statistic(group, dtype):
-    # numpy's introselect on CPU against torch.kthvalue (the GPU path), stacks of expert matrices included
-    from secprune.topk import _kth
+@pytest.mark.parametrize("impl", ["_kth_numpy", "_kth_torch"])
+def test_both_selection_paths_find_the_sorted_order_statistic(group, dtype, impl):
+    # numpy's introselect (CPU) and torch.kthvalue (the CUDA path, run here on CPU tensors) against the k-th
+    # entry of a full sort, stacks of expert matrices and non-contiguous (transposed) storage included
+    from secprune import topk
 
+    kth = getattr(topk, impl)
     g = torch.Generator().manual_seed(7)
     values = (torch.randn(3, 40, 33, generator=g) * 5).to(dtype)  # int64: many ties
     for k in (1, 17, 40 if group == "column" else 33):
         if group == "row":
-            want = values.kthvalue(k, dim=-1, keepdim=True).values
+            want = values.sort(dim=-1).values[..., k - 1:k]
         elif group == "column":
-            want = values.kthvalue(k, dim=-2, keepdim=True).values
+            want = values.sort(dim=-2).values[..., k - 1:k, :]
         else:
-            want = values.reshape(3, -1).kthvalue(k, dim=-1).values.reshape(3, 1, 1)
-        got = _kth(values, k, group)
+            want = values.reshape(3, -1).sort(dim=-1).values[:, k - 1].reshape(3, 1, 1)
+        got = kth(values, k, group)
         assert got.dtype == values.dtype and torch.equal(got, want), (group, k)
-        assert torch.equal(_kth(values.transpose(-1, -2).contiguous().transpose(-1, -2), k, group), want)
+        assert torch.equal(kth(values.transpose(-1, -2).contiguous().transpose(-1, -2), k, group), want)
