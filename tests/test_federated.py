@@ -285,3 +285,16 @@ def test_dropping_counts_changes_no_mask(model, windows, strategy):
     assert all(torch.equal(dropped.final[n], kept.final[n]) for n in kept.final)
     scaled = run(model, windows, parts, strategy=strategy, keep_counts=False, scaling=True)
     assert set(scaled.counts) == set(kept.final)  # scaling needs them: kept whatever keep_counts says
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pruned_weight_is_masked_fill_bit_for_bit(dtype):
+    # Pruned entries are +0.0 (never -0.0), kept entries untouched, also when some weights are not finite
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(64, 48, generator=g).to(dtype)
+    mask = torch.rand(64, 48, generator=g) < 0.5
+    bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
+    for weight in (w, w.clone().index_put_((torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2])),
+                                           torch.tensor([float("inf"), -float("inf"), float("nan")], dtype=dtype))):
+        want = weight.masked_fill(mask, 0.0)
+        assert torch.equal(pruned_weight(weight, mask).view(bits), want.view(bits))

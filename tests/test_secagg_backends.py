@@ -65,3 +65,14 @@ def test_sessions_give_the_same_sums_on_every_backend():
             session.sum_epoch(0, lambda i, name: data[(0, i, name)])
         with pytest.raises(ValueError, match="no matrix"):
             summer.open_session("bad", [("x", {})])
+
+
+@pytest.mark.parametrize(("n", "max_value"), [(16, 1), (300, 1), (3, 255), (2, 2**20)])
+def test_plain_sum_is_exact_at_the_largest_entries(n, max_value):
+    # every client submits the largest entry somewhere: the sum must not wrap in the accumulator
+    rng = np.random.default_rng(n)
+    vectors = [rng.integers(0, max_value + 1, 64) for _ in range(n)]
+    for v in vectors:
+        v[:8] = max_value
+    out = make_summer("none", n_clients=n, max_value=max_value).sum("x", vectors)
+    assert out.dtype == np.int64 and np.array_equal(out, np.sum(vectors, axis=0, dtype=np.int64))

@@ -102,12 +102,17 @@ def test_row_batches_with_continuous_scores_take_the_fast_path():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int64])
 @pytest.mark.parametrize("group", GROUPS)
-@pytest.mark.parametrize("impl", ["_kth_numpy", "_kth_torch"])
-def test_both_selection_paths_find_the_sorted_order_statistic(group, dtype, impl):
-    # numpy's introselect (CPU) and torch.kthvalue (the CUDA path, run here on CPU tensors) against the k-th
-    # entry of a full sort, stacks of expert matrices and non-contiguous (transposed) storage included
+@pytest.mark.parametrize("impl", ["_kth_numpy", "_kth_numpy_threads", "_kth_torch"])
+def test_both_selection_paths_find_the_sorted_order_statistic(group, dtype, impl, monkeypatch):
+    # numpy's introselect (CPU; one thread, or split over 3 threads as for large matrices) and torch.kthvalue
+    # (the CUDA path, run here on CPU tensors) against the k-th entry of a full sort, stacks of expert
+    # matrices and non-contiguous (transposed) storage included
     from secprune import topk
 
+    if impl == "_kth_numpy_threads":
+        monkeypatch.setattr(topk, "_PARALLEL_MIN", 1)
+        monkeypatch.setattr(topk.torch, "get_num_threads", lambda: 3)
+        impl = "_kth_numpy"
     kth = getattr(topk, impl)
     g = torch.Generator().manual_seed(7)
     values = (torch.randn(3, 40, 33, generator=g) * 5).to(dtype)  # int64: many ties
@@ -121,3 +126,30 @@ def test_both_selection_paths_find_the_sorted_order_statistic(group, dtype, impl
         got = kth(values, k, group)
         assert got.dtype == values.dtype and torch.equal(got, want), (group, k)
         assert torch.equal(kth(values.transpose(-1, -2).contiguous().transpose(-1, -2), k, group), want)
+
+
+@pytest.mark.parametrize("group", ["row", "column"])
+def test_only_the_tied_groups_are_redone_and_the_answer_is_the_full_sort(group):
+    # A stack of 2 expert matrices where a few rows (columns) tie at their threshold and the rest are
+    # continuous: the result must equal a lexsort on (score, priority) inside every group.
+    rng = np.random.default_rng(11)
+    raw = rng.normal(size=(2, 10, 12)).astype(np.float32)
+    tied = [(0, 1), (0, 7), (1, 4)]
+    for e, i in tied:
+        if group == "row":
+            raw[e, i] = rng.integers(0, 2, 12)  # two values: the threshold ties
+        else:
+            raw[e, :, i] = rng.integers(0, 2, 10)
+    score = torch.from_numpy(raw)
+    prio = priority(shape=(10, 12), group=group, seed=4, tag="mixed")
+    mask = lowest_k_mask(score, sparsity=0.5, group=group, prio=prio)
+    p = prio.expand(10, 12).numpy()
+    expected = np.zeros(raw.shape, bool)
+    for e in range(2):
+        if group == "row":
+            for r in range(10):
+                expected[e, r, np.lexsort((p[r], raw[e, r]))[:6]] = True
+        else:
+            for c in range(12):
+                expected[e, np.lexsort((p[:, c], raw[e, :, c]))[:5], c] = True
+    assert np.array_equal(mask.numpy(), expected)

@@ -16,7 +16,8 @@ from secprune.topk import lowest_k_mask
 def wanda_score(weight: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:
     """|W| * sqrt(sum_t x_tj^2) for weight (out, in) and squared column norms (in,); stacks of experts
     (experts, out, in) with norms (experts, in) alike."""
-    return weight.abs().float() * sq_norm.sqrt().to(torch.float32).unsqueeze(-2)
+    # |W * n| equals |W| * n bit for bit when n >= 0 (IEEE rounding is sign-symmetric): one pass, one copy
+    return (weight.float() * sq_norm.sqrt().to(torch.float32).unsqueeze(-2)).abs_()
 
 
 class Wanda(Method):
