@@ -11,6 +11,7 @@ with an O(n) selection (numpy's introselect on CPU, ``kthvalue`` on GPU) where a
 from __future__ import annotations
 
 import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -98,13 +99,14 @@ def _kth_numpy(values: torch.Tensor, k: int, group: str) -> torch.Tensor:
 
 
 _PARALLEL_MIN = 1 << 20  # entries; below this a thread hand-off costs more than it saves
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
-    if n not in _POOLS:
-        _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="secprune-select")
-    return _POOLS[n]
+    key = (os.getpid(), n)  # a forked child inherits the pool but not its threads: it makes its own
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(n, thread_name_prefix="secprune-select")
+    return _POOLS[key]
 
 
 def _kth_torch(values: torch.Tensor, k: int, group: str) -> torch.Tensor:

@@ -1,5 +1,8 @@
 """Exactly-k selection per comparison group and seeded tie-breaking."""
 
+import os
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -153,3 +156,25 @@ def test_only_the_tied_groups_are_redone_and_the_answer_is_the_full_sort(group):
             for c in range(12):
                 expected[e, np.lexsort((p[:, c], raw[e, :, c]))[:5], c] = True
     assert np.array_equal(mask.numpy(), expected)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_threaded_selection_works_in_a_forked_child(monkeypatch):
+    # a child forked after the pool started must not wait on its parent's threads
+    from secprune import topk
+
+    monkeypatch.setattr(topk, "_PARALLEL_MIN", 1)
+    monkeypatch.setattr(topk.torch, "get_num_threads", lambda: 2)
+    values = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
+    want = values.sort(dim=-1).values[..., 2:3]
+    assert torch.equal(topk._kth_numpy(values, 3, "row"), want)  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if torch.equal(topk._kth_numpy(values, 3, "row"), want) else 1)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0
