@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import textwrap
 from pathlib import Path
 
 METHODS = (("centralized", "Centralized"), ("local-only", "Local-only"), ("federated", "FedPrLLM"))
@@ -50,8 +51,10 @@ def main() -> None:
     axes[2].axhline(100 * dense["zero-shot"]["mean_acc"], color="grey", ls="--", label="dense")
     axes[2].set(xlabel="sparsity (%)", ylabel="zero-shot mean acc (%), +- 1 s.e.")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{runs[xs[0]]['model']['name']}: FedPrLLM Table 1 ({runs[xs[0]]['model'].get('weights', '')})",
-                 fontsize=9)
+    # the weights line up to its first ":" ("GGUF Q4_K_M (...), dequantized to fp32"): the per-type shares
+    # are in the table text, and the whole line runs off the figure
+    weights = runs[xs[0]]["model"].get("weights", "").split(":")[0]
+    fig.suptitle(textwrap.shorten(f"{runs[xs[0]]['model']['name']}: FedPrLLM Table 1, {weights}", 150), fontsize=9)
     fig.tight_layout()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
