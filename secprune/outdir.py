@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from secprune.errors import UsageError
 
@@ -73,12 +74,21 @@ def private_dir(folder: Path) -> Path:
     return folder
 
 
-def write_private(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` readable by its owner alone from the first byte (created 0600; an existing
-    file is set to 0600 before it is written)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+@contextlib.contextmanager
+def open_private(path: Path) -> Iterator[BinaryIO]:
+    """``path`` opened for binary writing, readable by its owner alone from the first byte (created 0600; an
+    existing file, which a umask cannot change, is set to 0600 before it is truncated and written). For
+    writers that take a file object: ``pickle.dump``, ``np.save``, ``torch.save``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     with os.fdopen(fd, "wb") as f:
         os.fchmod(f.fileno(), 0o600)
+        f.truncate()
+        yield f
+
+
+def write_private(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through :func:`open_private`."""
+    with open_private(path) as f:
         f.write(data)
     return Path(path)
 
@@ -86,7 +96,8 @@ def write_private(path: Path, data: bytes) -> Path:
 @contextlib.contextmanager
 def owner_only() -> Iterator[None]:
     """Files and folders created inside are the owner's alone from the first byte (umask 077), for writers
-    that take a path (``torch.save``, ``np.save``, safetensors) and so cannot be handed a 0600 descriptor.
+    that take only a path (safetensors' ``save_file``) or write many files (a report). A umask acts on new
+    files only: use it in a fresh folder (a staging folder) and :func:`open_private` where a file may exist.
     The umask is process-wide: hold it only around the writes."""
     old = os.umask(0o077)
     try:

@@ -101,8 +101,8 @@ def keep_private(cfg: PruneConfig, prep: Prepared, folder: Path, files: dict) ->
     if not cfg.keep_calibration:
         return
     path = outdir.private_dir(folder / "private") / "calibration.pt"
-    with outdir.owner_only():
-        torch.save({"windows": prep.calib.windows, "parts": prep.calib.parts, "sources": prep.calib.sources}, path)
+    with outdir.open_private(path) as f:
+        torch.save({"windows": prep.calib.windows, "parts": prep.calib.parts, "sources": prep.calib.sources}, f)
     files["calibration"] = "private/calibration.pt"
     log.warn(f"--keep-calibration: every client's calibration token ids are kept in {cfg.out}/private/ "
              "(owner-only); they decode to the clients' text: delete them when the audit is done")

@@ -38,3 +38,16 @@ def test_the_umask_is_given_back_after_an_error():
         assert os.umask(0o022) == 0o022
     finally:
         os.umask(old)
+
+
+def test_open_private_makes_an_existing_file_owner_only_before_writing(tmp_path):
+    # a umask cannot change a file that exists: open_private sets 0600 on it, then truncates and writes
+    path = tmp_path / "state.npy"
+    path.write_bytes(b"x" * 1000)
+    os.chmod(path, 0o644)
+    with outdir.open_private(path) as f:
+        assert mode(path) == 0o600  # before a byte of the new content is written
+        np.save(f, np.arange(3))
+    assert mode(path) == 0o600 and np.array_equal(np.load(path), np.arange(3))  # old tail truncated
+    outdir.write_private(tmp_path / "new.pem", b"key")
+    assert mode(tmp_path / "new.pem") == 0o600 and (tmp_path / "new.pem").read_bytes() == b"key"

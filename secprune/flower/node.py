@@ -27,7 +27,7 @@ import numpy as np
 
 from secprune.config import PruneConfig
 from secprune.errors import UsageError
-from secprune.outdir import owner_only, private_dir
+from secprune.outdir import open_private, private_dir
 from secprune.strategies.base import ClientUpdate, Task
 
 if TYPE_CHECKING:  # the protocol stages import no torch: only the pruning step needs it
@@ -129,7 +129,7 @@ class ClientNode:
     def save(self, name: str, obj) -> None:
         path = self._path(name)
         tmp = path.with_name(path.name + ".tmp")
-        with owner_only(), open(tmp, "wb") as f:
+        with open_private(tmp) as f:  # 0600 even over a stale tmp left by a crash
             pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
         tmp.replace(path)
 
@@ -142,8 +142,8 @@ class ClientNode:
 
     def save_vector(self, kind: str, name: str, vector: np.ndarray) -> None:
         folder = private_dir(self.dir / "vectors" / kind)
-        with owner_only():
-            np.save(folder / f"{name}.npy", vector)
+        with open_private(folder / f"{name}.npy") as f:  # a stage run again overwrites its vector
+            np.save(f, vector)
 
     def vector(self, kind: str, name: str) -> np.ndarray:
         return np.load(self.dir / "vectors" / kind / f"{name}.npy", mmap_mode="r")
