@@ -76,28 +76,6 @@ def _kth(values: torch.Tensor, k: int, group: str) -> torch.Tensor:
     return (_kth_numpy if values.device.type == "cpu" else _kth_torch)(values, k, group)
 
 
-def _kth_numpy(values: torch.Tensor, k: int, group: str) -> torch.Tensor:
-    a, lead = values.numpy(), values.shape[:-2]
-    if group == "layer":
-        flat = a.reshape(*lead, -1)
-        return torch.from_numpy(np.partition(flat, k - 1, axis=-1)[..., k - 1]).reshape(*lead, 1, 1)
-    axis = -1 if group == "row" else -2
-    pick = slice(k - 1, k)
-
-    def part(chunk: np.ndarray) -> np.ndarray:
-        return np.partition(chunk, k - 1, axis=axis)[..., pick] if axis == -1 else \
-            np.partition(chunk, k - 1, axis=axis)[..., pick, :]
-
-    # introselect is single-threaded but releases the GIL: groups are independent, so a large matrix is
-    # split across the groups over torch's threads (1.3x on 2 cores for a 4864 x 896 matrix)
-    n = min(torch.get_num_threads(), a.shape[axis - 1 if axis == -1 else -1])
-    if n < 2 or a.size < _PARALLEL_MIN:
-        return torch.from_numpy(part(a))
-    split = -2 if axis == -1 else -1
-    chunks = np.array_split(a, n, axis=split)
-    return torch.from_numpy(np.concatenate(list(_pool(n).map(part, chunks)), axis=split))
-
-
 _PARALLEL_MIN = 1 << 20  # entries; below this a thread hand-off costs more than it saves
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
@@ -107,6 +85,24 @@ def _pool(n: int) -> ThreadPoolExecutor:
     if key not in _POOLS:
         _POOLS[key] = ThreadPoolExecutor(n, thread_name_prefix="secprune-select")
     return _POOLS[key]
+
+
+def _kth_numpy(values: torch.Tensor, k: int, group: str) -> torch.Tensor:
+    a, lead = values.numpy(), values.shape[:-2]
+    if group == "layer":
+        flat = a.reshape(*lead, -1)
+        return torch.from_numpy(np.partition(flat, k - 1, axis=-1)[..., k - 1]).reshape(*lead, 1, 1)
+    axis, split = (-1, -2) if group == "row" else (-2, -1)  # select along ``axis``, groups along ``split``
+
+    def part(chunk: np.ndarray) -> np.ndarray:
+        return np.take(np.partition(chunk, k - 1, axis=axis), [k - 1], axis=axis)
+
+    # introselect is single-threaded but releases the GIL: groups are independent, so a large matrix is
+    # split across the groups over torch's threads (1.3x on 2 cores for a 4864 x 896 matrix)
+    n = min(torch.get_num_threads(), a.shape[split])
+    if n < 2 or a.size < _PARALLEL_MIN:
+        return torch.from_numpy(part(a))
+    return torch.from_numpy(np.concatenate(list(_pool(n).map(part, np.array_split(a, n, axis=split))), axis=split))
 
 
 def _kth_torch(values: torch.Tensor, k: int, group: str) -> torch.Tensor:

@@ -293,6 +293,8 @@ def test_pruned_weight_is_masked_fill_bit_for_bit(dtype):
     g = torch.Generator().manual_seed(5)
     w = torch.randn(64, 48, generator=g).to(dtype)
     mask = torch.rand(64, 48, generator=g) < 0.5
+    mask[:2, :2] = torch.eye(2, dtype=torch.bool)  # the inf and -inf below are pruned, the nan at (2, 2) kept
+    mask[2, 2] = False
     bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
     for weight in (w, w.clone().index_put_((torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2])),
                                            torch.tensor([float("inf"), -float("inf"), float("nan")], dtype=dtype))):

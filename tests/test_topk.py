@@ -132,7 +132,7 @@ def test_both_selection_paths_find_the_sorted_order_statistic(group, dtype, impl
 
 
 @pytest.mark.parametrize("group", ["row", "column"])
-def test_only_the_tied_groups_are_redone_and_the_answer_is_the_full_sort(group):
+def test_rows_with_and_without_ties_at_the_threshold_match_the_full_sort(group):
     # A stack of 2 expert matrices where a few rows (columns) tie at their threshold and the rest are
     # continuous: the result must equal a lexsort on (score, priority) inside every group.
     rng = np.random.default_rng(11)
