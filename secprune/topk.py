@@ -153,7 +153,7 @@ def lowest_k_mask(score: torch.Tensor, *, sparsity: float, group: str, prio: tor
     # Row (column) groups: redo only the groups with a tie at their threshold, with the unique keys; the
     # others' float selection is already their answer (on 4-bit weights a few rows tie, not the matrix).
     rows_s, rows_fast = (s, fast) if group == "row" else (s.transpose(-1, -2), fast.transpose(-1, -2))
-    rows_prio = (prio if group == "row" else prio.transpose(-1, -2)).expand(rows_s.shape)
+    rows_prio = (prio if group == "row" else prio.transpose(-1, -2)).to(s.device).expand(rows_s.shape)
     tied = rows_fast.sum(-1) != k
     key = ordered_key(rows_s[tied], rows_prio[tied])
     rows_fast[tied] = key <= _kth(key, k, "row")  # writes through the view into ``fast``

@@ -16,9 +16,23 @@ def tiny_llama(*, layers: int = 2, seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg).eval()
 
 
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", metavar="DEV",
+                     help="torch device for the tests that take the `device` fixture: cpu (default), cuda or cuda:N")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    """The device under test (``pytest --device cuda``); the pipeline runs wherever the model lives."""
+    dev = torch.device(request.config.getoption("--device"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail(f"--device {dev}: no CUDA device is available", pytrace=False)
+    return dev
+
+
 @pytest.fixture
-def model() -> LlamaForCausalLM:
-    return tiny_llama()
+def model(device) -> LlamaForCausalLM:
+    return tiny_llama().to(device)
 
 
 @pytest.fixture

@@ -34,8 +34,8 @@ def _is_weight_module(module: nn.Module) -> bool:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_layer_by_layer_replay_reproduces_the_full_model(family):
-    model, w = tiny_model(family), windows()
+def test_layer_by_layer_replay_reproduces_the_full_model(family, device):
+    model, w = tiny_model(family).to(device), windows()
     seen: dict[int, torch.Tensor] = {}
     layers = decoder_layers(model)
 
@@ -47,7 +47,7 @@ def test_layer_by_layer_replay_reproduces_the_full_model(family):
     handles.append(layers[-1].register_forward_hook(
         lambda _m, _a, out: last.append((out[0] if isinstance(out, tuple) else out).clone())))
     with torch.no_grad():
-        model(w, use_cache=False)
+        model(w.to(device), use_cache=False)
     for h in handles:
         h.remove()
     replay = Replay(model, w, batch_size=len(w))
@@ -94,8 +94,8 @@ def test_every_weight_is_pruned_or_kept_for_a_reason(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_exact_sparsity_of_every_pruned_matrix(family):
-    model, w = tiny_model(family), windows()
+def test_exact_sparsity_of_every_pruned_matrix(family, device):
+    model, w = tiny_model(family).to(device), windows()
     res = federated_prune(model, w, [np.arange(2), np.arange(2, 4)], spec=LocalSpec(Wanda(), 0.5, "row", 0, 2),
                           server_group="layer", progress=False)
     names = param_names(model)
@@ -110,7 +110,7 @@ def test_exact_sparsity_of_every_pruned_matrix(family):
     backup = apply_masks(model, res.final)
     try:  # the model's own parameters carry the zeros (GPT-2's Conv1D stores the transpose)
         for name, final in res.final.items():
-            p = params[names[name]].detach()
+            p = params[names[name]].detach().cpu()
             conv1d = type(modules[names[name].rsplit(".", 1)[0]]).__name__ == "Conv1D"  # stores (in, out)
             expected = final.transpose(-1, -2) if conv1d else final
             assert torch.equal(p == 0, expected), name
@@ -120,25 +120,25 @@ def test_exact_sparsity_of_every_pruned_matrix(family):
 
 
 @pytest.mark.parametrize("family", MOE)
-def test_expert_statistics_come_from_the_tokens_routed_to_it(family):
-    model, w = tiny_model(family), windows(n=3)
+def test_expert_statistics_come_from_the_tokens_routed_to_it(family, device):
+    model, w = tiny_model(family).to(device), windows(n=3)
     layer = decoder_layers(model)[0]
     moe_in = []
     h = layer.mlp.register_forward_pre_hook(lambda _m, args: moe_in.append(args[0].reshape(-1, args[0].shape[-1])))
     with torch.no_grad():
-        model(w, use_cache=False)
+        model(w.to(device), use_cache=False)
     h.remove()
-    x = moe_in[0].double()
+    x = moe_in[0].double().cpu()  # the check runs in float64 on the CPU, whatever the device under test
     experts, k = layer.mlp.experts, model.config.num_experts_per_tok
-    chosen = torch.topk(F.linear(x, layer.mlp.gate.weight.double()), k, dim=-1).indices  # the router's pick
+    chosen = torch.topk(F.linear(x, layer.mlp.gate.weight.double().cpu()), k, dim=-1).indices  # the router's pick
     replay = Replay(model, w, batch_size=2)
     replay.start()
-    stats = replay.statistics(Wanda(), groups=[np.arange(3)])
+    stats = {n: s.cpu() for n, s in replay.statistics(Wanda(), groups=[np.arange(3)]).items()}
     E = experts.gate_up_proj.shape[0]
     assert stats["mlp.experts.gate_up_proj"].shape == (1, E, x.shape[-1])
     for e in range(E):
         xe = x[(chosen == e).any(-1)]
-        gate, up = F.linear(xe, experts.gate_up_proj[e].double()).chunk(2, dim=-1)
+        gate, up = F.linear(xe, experts.gate_up_proj[e].double().cpu()).chunk(2, dim=-1)
         he = experts.act_fn(gate) * up
         torch.testing.assert_close(stats["mlp.experts.gate_up_proj"][0, e], xe.pow(2).sum(0), rtol=1e-4, atol=1e-8)
         torch.testing.assert_close(stats["mlp.experts.down_proj"][0, e], he.pow(2).sum(0), rtol=1e-4, atol=1e-8)
@@ -146,10 +146,10 @@ def test_expert_statistics_come_from_the_tokens_routed_to_it(family):
 
 
 @pytest.mark.parametrize("family", ["qwen2_moe", "mixtral", "olmoe", "gpt2", "opt"])
-def test_fedspallm_expands_every_matrix_and_every_expert_on_its_own(family):
+def test_fedspallm_expands_every_matrix_and_every_expert_on_its_own(family, device):
     # MoE: each expert's matrix of a fused stack gets its own ceil(s d); GPT-2 (transposed Conv1D) and OPT
     # (flattened inputs): every plain matrix does
-    model, w = tiny_model(family), windows()
+    model, w = tiny_model(family).to(device), windows()
     spec = FedSpaSpec(sparsity=0.5, batch_size=2, method=SparseGPT(update=True))
     res = fedspallm_prune(model, w, [np.arange(2), np.arange(2, 4)], spec=spec, progress=False)
     stacks = [n for n, m in res.masks.items() if m.dim() == 3]
@@ -157,8 +157,9 @@ def test_fedspallm_expands_every_matrix_and_every_expert_on_its_own(family):
     assert all(res.masks[n].shape[0] > 1 for n in stacks)
     for name, mask in res.masks.items():
         rows, cols = mask.shape[-2:]
+        mask, weight = mask.cpu(), res.weights[name].cpu()
         assert (mask.reshape(-1, rows * cols).sum(-1) == (rows * cols + 1) // 2).all(), name  # ceil(s d) each
-        assert torch.equal(res.weights[name] == 0, mask | (res.weights[name] == 0)), name
+        assert torch.equal(weight == 0, mask | (weight == 0)), name
 
 
 def test_a_block_with_nothing_to_prune_is_refused():
@@ -168,7 +169,7 @@ def test_a_block_with_nothing_to_prune_is_refused():
 
 @pytest.mark.parametrize("family", ["gpt2", "qwen2_moe"])
 @pytest.mark.parametrize("algo", ["fedprllm", "fedspallm"])
-def test_cli_run_summary_and_export_of_transposed_and_expert_weights(family, algo, client_files, tmp_path):
+def test_cli_run_summary_and_export_of_transposed_and_expert_weights(family, algo, client_files, tmp_path, device):
     import json
 
     from transformers import AutoModelForCausalLM
@@ -181,7 +182,7 @@ def test_cli_run_summary_and_export_of_transposed_and_expert_weights(family, alg
 
     folder, run, exported = save_tiny(family, tmp_path / family), tmp_path / "run", tmp_path / "export"
     assert main(["prune", "--model", str(folder), "--client-data", *client_files, *SMALL, "--baselines",
-                 "--algorithm", algo, "--out", str(run), "--quiet"]) == 0
+                 "--algorithm", algo, "--device", str(device), "--out", str(run), "--quiet"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     kept = summary["model"]["not_pruned"]
     if family == "qwen2_moe":
@@ -220,12 +221,12 @@ def test_flower_clients_prune_these_families_bit_identically(family, federation,
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_chunked_perplexity_equals_the_full_logits(family, monkeypatch):
+def test_chunked_perplexity_equals_the_full_logits(family, monkeypatch, device):
     import math
 
     from secprune import evaluate
 
-    model, w = tiny_model(family), windows(n=3, seqlen=20)
+    model, w = tiny_model(family).to(device), windows(n=3, seqlen=20).to(device)
     if family == "gemma2":
         model.config.final_logit_softcapping = 5.0  # make the post-processing matter
     with torch.no_grad():

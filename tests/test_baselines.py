@@ -39,13 +39,13 @@ def test_local_prune_is_plain_wanda(model, windows):
 
 
 @pytest.mark.parametrize("strategy", ["one-shot", "iterative"])
-def test_cli_baselines_prune_exactly_what_plain_wanda_prunes(tiny_folder, client_files, tmp_path, strategy):
+def test_cli_baselines_prune_exactly_what_plain_wanda_prunes(tiny_folder, client_files, tmp_path, strategy, device):
     from secprune.model import load_model
 
     out = tmp_path / "run"
     assert main(["prune", "--model", str(tiny_folder), "--client-data", *client_files, *SMALL, "--sparsity",
                  str(SPARSITY), "--strategy", strategy, "--baselines", "centralized", "local-only",
-                 "--out", str(out), "--quiet"]) == 0
+                 "--device", str(device), "--out", str(out), "--quiet"]) == 0
     results = json.loads((out / "summary.json").read_text())["results"]
     shapes = [tuple(m.weight.shape) for m in all_prunable(load_model(str(tiny_folder))[0]).values()]
     expected = _row_wise(shapes, SPARSITY)

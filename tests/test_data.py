@@ -48,7 +48,7 @@ def test_windows_are_seeded_slices_of_the_stream():
 
 def test_perplexity_equals_exp_mean_token_nll(model, windows):
     with torch.no_grad():
-        logp = torch.log_softmax(model(windows).logits[:, :-1].double(), -1)
+        logp = torch.log_softmax(model(windows.to(model.device)).logits[:, :-1].double().cpu(), -1)
     nll = -logp.gather(-1, windows[:, 1:, None]).squeeze(-1)
     expected = math.exp(nll.mean().item())
     assert perplexity(model, windows, batch_size=3, progress=False) == pytest.approx(expected, rel=1e-4)

@@ -30,14 +30,14 @@ def reference_wanda_masks(model, windows, *, sparsity=0.5, seed=0, upstream=None
             for n, lin in prunable_linears(layer).items()]
         backup = apply_masks(model, {**masks, **(upstream or {})})
         with torch.no_grad():
-            model(windows)
+            model(windows.to(model.device))
         restore(model, backup)
         for h in hooks:
             h.remove()
         for n, lin in prunable_linears(layer).items():
             x = torch.cat(captured[n]).reshape(-1, lin.in_features).double()
             norm = x.pow(2).sum(0).sqrt()
-            score = (lin.weight.detach().abs().double() * norm).float().numpy()
+            score = (lin.weight.detach().abs().double() * norm).float().cpu().numpy()
             prio = priority(shape=tuple(lin.weight.shape), group="row", seed=seed, tag=f"local:{li}.{n}")
             prio = prio.expand_as(lin.weight).numpy()
             mask = np.zeros(score.shape, bool)
@@ -91,10 +91,10 @@ def test_iterative_one_client_equals_centralized(model, windows):
         assert torch.equal(it.final[name], cen.final[name])
 
 
-def test_one_shot_client_masks_are_standalone_masks():
+def test_one_shot_client_masks_are_standalone_masks(device):
     # In one-shot, a client's later layers are computed from its OWN pruned layers: its masks equal a
     # stand-alone (centralized) run on its windows alone. Needs >1 layer to mean anything.
-    model = tiny_llama(layers=3)
+    model = tiny_llama(layers=3).to(device)
     w = torch.randint(0, 256, (6, 24), generator=torch.Generator().manual_seed(7))
     fed = run(model, w, [np.arange(3), np.arange(3, 6)])
     alone = run(model, w[3:], [np.arange(3)])
@@ -102,8 +102,8 @@ def test_one_shot_client_masks_are_standalone_masks():
         assert torch.equal(fed.client_masks.get(1, name), alone.final[name])
 
 
-def test_iterative_clients_continue_from_global_layer():
-    model = tiny_llama(layers=3)
+def test_iterative_clients_continue_from_global_layer(device):
+    model = tiny_llama(layers=3).to(device)
     w = torch.randint(0, 256, (6, 24), generator=torch.Generator().manual_seed(7))
     parts = [np.arange(3), np.arange(3, 6)]
     it = run(model, w, parts, strategy="iterative")
@@ -143,15 +143,15 @@ def test_scaling_formula(model, windows):
     parts = [np.arange(0, 4), np.arange(4, 8)]
     res = run(model, windows, parts)
     name = next(iter(res.final))
-    w = all_prunable(model)[name].weight.detach().clone()
+    w = all_prunable(model)[name].weight.detach().to("cpu", copy=True)
     scales = {n: scale_factor(c, 2) for n, c in res.counts.items()}
     backup = apply_masks(model, res.final, scales=scales)
-    got = all_prunable(model)[name].weight.detach().clone()
+    got = all_prunable(model)[name].weight.detach().to("cpu", copy=True)
     restore(model, backup)
     m_hat = res.counts[name].float()
     expected = w * (1 - res.final[name].float()) * (2 - m_hat) / 2
     assert torch.allclose(got, expected)
-    assert torch.equal(all_prunable(model)[name].weight, w)  # restore really restores
+    assert torch.equal(all_prunable(model)[name].weight.cpu(), w)  # restore really restores
     assert torch.equal(pruned_weight(w, res.final[name]), w * ~res.final[name])
 
 
@@ -167,16 +167,16 @@ def test_same_seed_same_masks_different_seed_can_differ(model, windows):
 def test_pruned_forward_really_uses_the_mask(model, windows):
     res = run(model, windows, [np.arange(8)])
     with torch.no_grad():
-        dense = model(windows).logits
+        dense = model(windows.to(model.device)).logits
         backup = apply_masks(model, res.final)
-        pruned = model(windows).logits
+        pruned = model(windows.to(model.device)).logits
         zeros = sum(int((lin.weight == 0).sum()) for lin in all_prunable(model).values())
         restore(model, backup)
         # independent: zero the weights by hand on a fresh copy
-        ref = tiny_llama()
+        ref = tiny_llama().to(model.device)
         for name, lin in all_prunable(ref).items():
-            lin.weight.data[res.final[name]] = 0
-        manual = ref(windows).logits
+            lin.weight.data[res.final[name].to(model.device)] = 0
+        manual = ref(windows.to(model.device)).logits
     assert zeros == sum(int(m.sum()) for m in res.final.values())
     assert not torch.allclose(dense, pruned)
     assert torch.allclose(pruned, manual, atol=1e-5)
@@ -187,7 +187,7 @@ def test_magnitude_masks_ignore_data(model, windows):
     b = run(model, windows[4:], [np.arange(4)], method=Magnitude())
     assert all(torch.equal(a.final[n], b.final[n]) for n in a.final)
     name = "layers.0.mlp.down_proj"
-    w = all_prunable(model)[name].weight.abs()
+    w = all_prunable(model)[name].weight.abs().cpu()
     kept_min = w[~a.final[name]].view(w.shape[0], -1).min(1).values
     pruned_max = w[a.final[name]].view(w.shape[0], -1).max(1).values
     assert (kept_min >= pruned_max).all()
@@ -200,13 +200,13 @@ def test_sparsegpt_score_matches_direct_hessian_formula(model, windows):
     xs = []
     h = lin.register_forward_hook(lambda _m, inp, _o: xs.append(inp[0]))
     with torch.no_grad():
-        model(windows)
+        model(windows.to(model.device))
     h.remove()
-    x = torch.cat(xs).reshape(-1, 64).double()
+    x = torch.cat(xs).reshape(-1, 64).double().cpu()
     H = x.T @ x
     H += 0.01 * H.diag().mean() * torch.eye(64, dtype=torch.float64)
     d = torch.linalg.cholesky(torch.linalg.inv(H), upper=True).diag()
-    score = (lin.weight.detach().double() ** 2 / d ** 2).numpy()
+    score = (lin.weight.detach().double().cpu() ** 2 / d ** 2).numpy()
     expected = score <= np.median(score, axis=1, keepdims=True)  # 32 of 64 per row, no ties in floats
     assert (res.final["layers.0.self_attn.q_proj"].numpy() == expected).mean() > 0.99
 

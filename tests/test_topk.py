@@ -11,8 +11,8 @@ from secprune.topk import GROUPS, lowest_k_mask, ordered_key, priority
 
 
 @pytest.mark.parametrize("group", GROUPS)
-def test_exactly_k_per_group_even_with_massive_ties(group):
-    score = torch.randint(0, 3, (12, 20)).float()  # three distinct values: ties everywhere
+def test_exactly_k_per_group_even_with_massive_ties(group, device):
+    score = torch.randint(0, 3, (12, 20)).float().to(device)  # three distinct values: ties everywhere
     prio = priority(shape=(12, 20), group=group, seed=0, tag="t")
     mask = lowest_k_mask(score, sparsity=0.5, group=group, prio=prio)
     if group == "row":
@@ -25,13 +25,14 @@ def test_exactly_k_per_group_even_with_massive_ties(group):
 
 @pytest.mark.parametrize("ties", [True, False])  # exercises the exact path and the fast no-tie path
 @pytest.mark.parametrize("group", GROUPS)
-def test_matches_lexicographic_sort_of_score_then_priority(group, ties):
-    # Independent expectation: numpy lexsort on (priority, score) inside each group.
+def test_matches_lexicographic_sort_of_score_then_priority(group, ties, device):
+    # Independent expectation: numpy lexsort on (priority, score) inside each group (selection on the device
+    # under test: torch.kthvalue on CUDA, introselect on CPU).
     rng = np.random.default_rng(3)
     raw = rng.integers(-3, 4, (7, 9)) if ties else rng.normal(size=(7, 9))
     score = torch.from_numpy(raw.astype(np.float32))
     prio = priority(shape=(7, 9), group=group, seed=5, tag="x").expand(7, 9)
-    mask = lowest_k_mask(score, sparsity=0.4, group=group, prio=prio)
+    mask = lowest_k_mask(score.to(device), sparsity=0.4, group=group, prio=prio).cpu()
     expected = np.zeros((7, 9), bool)
     s, p = score.numpy(), prio.numpy()
     if group == "row":

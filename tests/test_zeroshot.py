@@ -38,7 +38,7 @@ def tiny_gemma3():
 def naive(model, ctx: list[int], cont: list[int]) -> float:
     """One unpadded sequence per request: sum of log p(cont_i | ctx, cont_<i), the definition itself."""
     with torch.no_grad():
-        logits = model(torch.tensor([ctx + cont]), use_cache=False).logits[0].double()
+        logits = model(torch.tensor([ctx + cont], device=model.device), use_cache=False).logits[0].double().cpu()
     logp = F.log_softmax(logits, dim=-1)
     return sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
 
@@ -53,8 +53,8 @@ def random_example(rng, *, shared: bool, n_choices: int = 4) -> Encoded:
 
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_qwen2, tiny_gemma3], ids=["llama", "qwen2", "gemma3"])
-def test_cached_and_batched_loglikelihoods_equal_the_definition(make):
-    model = make()
+def test_cached_and_batched_loglikelihoods_equal_the_definition(make, device):
+    model = make().to(device)
     rng = np.random.default_rng(0)
     examples = [random_example(rng, shared=True) for _ in range(4)] + [random_example(rng, shared=False)]
     examples.append(Encoded(((5, 6, 7, 8, 9, 10),) * 2, ((1,), (2,)), (1, 1), 1))  # single-token: one pass
