@@ -48,7 +48,7 @@ import torch
 from secprune.audits.engine import LayerZeroMasks
 from secprune.audits.epsilon import auc, auc_ci, empirical_epsilon, summarize
 from secprune.dp import flip_probability, skellam_noise
-from secprune.topk import lowest_k_mask, priority
+from secprune.topk import lowest_k_mask, most_votes_mask, priority
 
 VIEWS = ("own", "sum", "noisy_sum", "final", "rr")
 HAMMING_VIEWS = ("own", "sum")
@@ -71,44 +71,22 @@ class MIABudget:
 
 
 class FinalMasks:
-    """The server's final mask of layer 0 (``secprune.aggregate.final_mask``) with cached priorities.
-
-    For the ``layer`` group and integer counts the top-k needs no sort: every entry with more votes than
-    the threshold level is pruned, and at the level itself the entries with the lowest priority, in the
-    fixed priority order (the tie-break rule of :func:`secprune.topk.lowest_k_mask`); tests check equality.
-    """
+    """The server's final mask of layer 0 (``secprune.aggregate.final_mask``) with cached priorities (the
+    layer group on integer counts goes through :func:`secprune.topk.most_votes_mask`, as the server does)."""
 
     def __init__(self, engine: LayerZeroMasks, *, sparsity: float, group: str, seed: int) -> None:
         self.layout = engine.layout
         self.sparsity, self.group = sparsity, group
         self.prio = {n: priority(shape=s, group=group, seed=seed, tag=f"server:{n}")
                      for n, s in zip(engine.layout.names, engine.layout.shapes, strict=True)}
-        self.prio_flat = {n: p.reshape(-1) for n, p in self.prio.items()}
 
     def one(self, name: str, counts: torch.Tensor) -> torch.Tensor:
         """Flat final mask of one matrix from its flat integer counts."""
-        shape = self.layout.shapes[self.layout.names.index(name)]
-        if self.group != "layer":
-            return lowest_k_mask(-counts.view(shape).to(torch.float32), sparsity=self.sparsity, group=self.group,
-                                 prio=self.prio[name]).reshape(-1)
-        c = counts.reshape(-1)
-        k = int(c.numel() * self.sparsity)
-        if k == 0:
-            return torch.zeros(c.numel(), dtype=torch.bool)
-        lo = int(c.min())
-        hist = torch.bincount((c - lo).to(torch.int64))
-        above = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])  # entries with count >= level
-        level = int(torch.nonzero(above >= k).view(-1).max())  # highest level whose tail holds >= k
-        strictly = int(above[level + 1]) if level + 1 < len(above) else 0
-        mask = c > level + lo
-        need = k - strictly
-        tied = torch.nonzero(c == level + lo).view(-1)
-        p = self.prio_flat[name][tied]
-        if need >= len(tied):
-            mask[tied] = True
-        elif need > 0:  # the ``need`` lowest priorities among the tied entries (priorities are a permutation)
-            mask[tied[p <= p.kthvalue(need).values]] = True
-        return mask
+        c = counts.view(self.layout.shapes[self.layout.names.index(name)])
+        if self.group == "layer":
+            return most_votes_mask(c, sparsity=self.sparsity, prio=self.prio[name]).reshape(-1)
+        return lowest_k_mask(-c.to(torch.float32), sparsity=self.sparsity, group=self.group,
+                             prio=self.prio[name]).reshape(-1)
 
     def __call__(self, counts: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.one(n, counts[self.layout.slice(n)]) for n in self.layout.names])

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from secprune.topk import lowest_k_mask, tie_break
+from secprune.topk import lowest_k_mask, most_votes_mask, small_integer_range, tie_break
 
 
 def count_dtype(n_clients: int) -> np.dtype:
@@ -34,6 +34,8 @@ def final_mask(counts: torch.Tensor, *, sparsity: float, group: str, seed: int, 
     """Step 4: prune the k weights with the most votes in every server comparison group (ties: seeded, or
     the lower index with ``stable``, as upstream's row/column selection by ``torch.sort(stable=True)``)."""
     prio = tie_break(shape=tuple(counts.shape), group=group, seed=seed, tag=f"server:{name}", stable=stable)
+    if group == "layer" and small_integer_range(counts):  # a histogram finds the level: no full selection
+        return most_votes_mask(counts, sparsity=sparsity, prio=prio)
     return lowest_k_mask(-counts.to(torch.float32), sparsity=sparsity, group=group, prio=prio)
 
 

@@ -158,3 +158,47 @@ def lowest_k_mask(score: torch.Tensor, *, sparsity: float, group: str, prio: tor
     key = ordered_key(rows_s[tied], rows_prio[tied])
     rows_fast[tied] = key <= _kth(key, k, "row")  # writes through the view into ``fast``
     return fast
+
+
+def most_votes_mask(counts: torch.Tensor, *, sparsity: float, prio: torch.Tensor) -> torch.Tensor:
+    """Layer group on integer vote counts: True on the ``int(sparsity * size)`` entries with the most votes,
+    ties to the lowest priority; the same mask as ``lowest_k_mask(-counts, group="layer", prio=prio)``.
+
+    Counts are small integers (0..m), so a histogram gives the threshold level in one pass; only the entries
+    at that level need their priorities compared (FedPrLLM's server step, Fig. 1 step 4, without the
+    int64 keys and the full selection). A stack of matrices (experts) is one group per matrix.
+    """
+    if counts.is_floating_point() or counts.dim() < 2:
+        raise ValueError(f"counts must be an integer matrix or stack of matrices, got {counts.dtype} "
+                         f"{tuple(counts.shape)}")
+    if counts.dim() > 2:
+        stack = counts.reshape(-1, *counts.shape[-2:])
+        return torch.stack([most_votes_mask(c, sparsity=sparsity, prio=prio) for c in stack]).view(counts.shape)
+    k = int(counts.numel() * sparsity)
+    if k == 0:
+        return torch.zeros_like(counts, dtype=torch.bool)
+    if counts.device.type != "cpu":  # the server's counts live on the host (they arrive as numpy sums)
+        return most_votes_mask(counts.cpu(), sparsity=sparsity, prio=prio.cpu()).to(counts.device)
+    # numpy: torch's nonzero and boolean indexing are ~10x slower on CPU
+    flat_prio = prio.expand(counts.shape).reshape(-1).numpy()
+    return torch.from_numpy(_most_votes_numpy(counts.reshape(-1).numpy(), k, flat_prio)).view(counts.shape)
+
+
+def _most_votes_numpy(c: np.ndarray, k: int, prio: np.ndarray) -> np.ndarray:
+    lo = int(c.min())
+    at_least = np.cumsum(np.bincount(c - lo if lo else c)[::-1])[::-1]  # entries with >= lo + i votes
+    level = int(np.flatnonzero(at_least >= k)[-1])  # the highest level whose tail holds k entries
+    mask = c > level + lo  # all pruned (fewer than k of them); the rest come from the tied level
+    tied = np.flatnonzero(c == level + lo)
+    need = k - (int(at_least[level + 1]) if level + 1 < len(at_least) else 0)  # 1 <= need <= len(tied)
+    p = prio[tied]
+    mask[tied[p <= np.partition(p, need - 1)[need - 1]]] = True  # priorities are unique
+    return mask
+
+
+def small_integer_range(counts: torch.Tensor) -> bool:
+    """Whether :func:`most_votes_mask` applies: integer counts whose range is at most their number (vote
+    counts, or counts with modest integer noise); a wide range would make the histogram the big cost."""
+    if counts.is_floating_point() or counts.numel() == 0:
+        return False
+    return int(counts.max()) - int(counts.min()) <= counts.numel()

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from secprune.topk import GROUPS, lowest_k_mask, ordered_key, priority
+from secprune.aggregate import final_mask
+from secprune.topk import GROUPS, index_priority, lowest_k_mask, most_votes_mask, ordered_key, priority
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -45,6 +46,48 @@ def test_matches_lexicographic_sort_of_score_then_priority(group, ties, device):
         idx = np.lexsort((p.ravel(), s.ravel()))[: int(63 * 0.4)]
         expected.ravel()[idx] = True
     assert np.array_equal(mask.numpy(), expected)
+
+
+def _most_votes_by_lexsort(counts: np.ndarray, prio: np.ndarray, k: int) -> np.ndarray:
+    """Independent expectation: sort by (-votes, priority) and take the first k."""
+    expected = np.zeros(counts.size, bool)
+    expected[np.lexsort((prio.ravel(), -counts.ravel().astype(np.int64)))[:k]] = True
+    return expected.reshape(counts.shape)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.77, 1.0])
+@pytest.mark.parametrize("counts_kind", ["votes", "noisy", "one_level"])
+@pytest.mark.parametrize("stable", [False, True])
+def test_most_votes_mask_matches_lexsort_of_votes_then_priority(sparsity, counts_kind, stable, device):
+    g = torch.Generator().manual_seed(7)
+    if counts_kind == "votes":  # 16 clients' vote counts: every level heavily tied
+        counts = torch.randint(0, 17, (24, 40), generator=g).to(torch.uint8)
+    elif counts_kind == "noisy":  # counts with integer DP noise: negative and above m
+        counts = torch.randint(-40, 60, (24, 40), generator=g)
+    else:  # all equal: the priority decides everything
+        counts = torch.full((24, 40), 5, dtype=torch.int32)
+    prio = (index_priority(shape=(24, 40), group="layer") if stable
+            else priority(shape=(24, 40), group="layer", seed=1, tag="s"))
+    mask = most_votes_mask(counts.to(device), sparsity=sparsity, prio=prio)
+    assert mask.device.type == torch.device(device).type
+    expected = _most_votes_by_lexsort(counts.numpy(), prio.numpy(), int(960 * sparsity))
+    assert np.array_equal(mask.cpu().numpy(), expected)
+
+
+def test_most_votes_mask_groups_each_expert_alone_and_server_uses_it():
+    g = torch.Generator().manual_seed(8)
+    counts = torch.randint(0, 5, (3, 10, 12), generator=g).to(torch.uint8)  # a stack of three experts
+    prio = priority(shape=(10, 12), group="layer", seed=0, tag="e")
+    mask = most_votes_mask(counts, sparsity=0.5, prio=prio)
+    for e in range(3):
+        assert np.array_equal(mask[e].numpy(), _most_votes_by_lexsort(counts[e].numpy(), prio.numpy(), 60))
+    # the server step takes the histogram route for vote counts and gives the general selection's mask
+    c = counts[0]
+    general = lowest_k_mask(-c.to(torch.float32), sparsity=0.5, group="layer",
+                            prio=priority(shape=(10, 12), group="layer", seed=4, tag="server:m"))
+    assert torch.equal(final_mask(c, sparsity=0.5, group="layer", seed=4, name="m"), general)
+    with pytest.raises(ValueError, match="integer"):
+        most_votes_mask(c.float(), sparsity=0.5, prio=prio)
 
 
 def test_ordered_key_sorts_like_floats_including_negatives():
