@@ -41,6 +41,7 @@ from secprune.fedspallm.baselines import random_masks  # noqa: E402
 from secprune.fedspallm.driver import FedSpaSpec, apply_weights, fedspallm_prune, restore_weights  # noqa: E402
 from secprune.methods import Wanda  # noqa: E402
 from secprune.model import load_model  # noqa: E402
+from secprune.models_registry import MODELS  # noqa: E402
 
 DATASETS = ("ptb", "wiki-lead")
 
@@ -188,10 +189,14 @@ def _fmt(v) -> str:
 def table(cache: ResultCache, args, setting: str) -> str:
     cols = [f"{round(s * 100)}% {d}" for s in args.sparsities for d in DATASETS]
     head = "| clients | method | " + " | ".join(cols) + " |"
-    lines = [f"SmolLM2-135M, calibration {args.nsamples} x {args.seqlen} tokens of {args.calib} split IID over the "
-             f"clients, seed {args.seed}; perplexity on the first {args.eval_windows} x {args.eval_seqlen}-token "
-             "windows of PTB test and wiki-lead test (Wikipedia lead sections, not WikiText-2).", "",
-             head, "|" + "---|" * (2 + 2 * len(args.sparsities))]
+    per_client = getattr(args, "samples_per_client", None)
+    calib = (f"{per_client} x {args.seqlen} tokens of {args.calib} per client" if per_client else
+             f"{args.nsamples} x {args.seqlen} tokens of {args.calib} split IID over the clients")
+    built_in = MODELS.get(args.model)
+    model = f"{built_in.title}, weights {built_in.weights}" if built_in else args.model
+    lines = [f"{model}. Calibration {calib}, seed {args.seed}; perplexity on the first {args.eval_windows} x "
+             f"{args.eval_seqlen}-token windows of PTB test and wiki-lead test (Wikipedia lead sections, not "
+             "WikiText-2).", "", head, "|" + "---|" * (2 + 2 * len(args.sparsities))]
     dense = cache.get(f"{setting}|dense")
     if dense:
         lines.append("| - | dense | " + " | ".join(_fmt(dense[d]) for _ in args.sparsities for d in DATASETS) + " |")
