@@ -12,6 +12,8 @@ For every client count (4, 8, 16) and sparsity (50/60/70 %), on the same seeded 
 
 Perplexity on PTB (test) and wiki-lead (Wikipedia lead sections, test split; NOT WikiText-2). Each cell's
 result is cached in ``--cache`` (JSON) so an interrupted run resumes; the Markdown table is printed at the end.
+A FedSpaLLM cell in progress also checkpoints every layer (``--checkpoint``, owner-only, removed once the cell is
+cached), so a cell of hours on a real model resumes after its last finished layer, not from the start.
 
 Usage: ``python experiments/fedspallm_table.py`` (full grid) or e.g.
 ``python experiments/fedspallm_table.py --clients 4 --sparsities 0.5 --eval-windows 4`` to time one cell.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -66,6 +69,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--cache", default="runs/fedspallm_table/cells.json")
+    p.add_argument("--checkpoint", default=None,
+                   help="folder for the per-layer checkpoints of the FedSpaLLM cell in progress (owner-only; each "
+                        "cell's subfolder is removed once the cell is cached); default: <cache>.partial")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--table-only", action="store_true", help="print the table from the cache, compute nothing")
     return p.parse_args(argv)
@@ -92,6 +98,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     cache = ResultCache(args.cache)
     setting = setting_key(args)
+    checkpoints = Path(args.checkpoint or f"{args.cache}.partial")
     if args.table_only:
         print(table(cache, args, setting))
         return 0
@@ -135,8 +142,10 @@ def main(argv=None) -> int:
                 t = time.perf_counter()
                 spec = FedSpaSpec(sparsity=s, expansion=True, local_group=args.local_group, seed=args.seed)
                 k = min(args.standalone_clients, n) if need_sa else 0
+                ck = checkpoints / f"c{n}-s{s}"  # the driver's fingerprint refuses another setting's state
+                resumed = (ck / "state.pt").exists()  # then prune_s counts only the layers this process ran
                 res = fedspallm_prune(model, calib.windows, calib.parts, spec=spec, keep_clients=list(range(k)),
-                                      desc=f"fedspallm c{n} s{s}", progress=progress)
+                                      desc=f"fedspallm c{n} s{s}", progress=progress, checkpoint=ck)
                 prune_s = time.perf_counter() - t
                 if need_fed:
                     backup = apply_weights(model, res.weights)
@@ -147,7 +156,8 @@ def main(argv=None) -> int:
                     out |= {"sparsity": float(sum(int(m.sum()) for m in res.masks.values())
                                               / sum(m.numel() for m in res.masks.values())),
                             "sparsity_intersection": res.rounds[0]["sparsity_intersection"],
-                            "prune_s": prune_s, "upload_bytes_per_client": res.communication["total_upload_bytes"] / n}
+                            "prune_s": prune_s, "resumed": resumed,
+                            "upload_bytes_per_client": res.communication["total_upload_bytes"] / n}
                     cache.put(fkey, out)
                     log(f"fedspallm c{n} s{s} {out}")
                 if need_sa:
@@ -163,6 +173,7 @@ def main(argv=None) -> int:
                     cache.put(skey, out)
                     log(f"standalone c{n} s{s} {out}")
                 del res
+                shutil.rmtree(ck, ignore_errors=True)  # the cell is cached: its layers are not needed again
             if need_pr:
                 t = time.perf_counter()
                 fed = federated_prune(model, calib.windows, calib.parts, spec=LocalSpec(Wanda(), s, "row", args.seed),
