@@ -6,7 +6,10 @@ Everything after ``--`` is passed to ``secprune prune`` (``--overwrite`` is adde
 the process's resident set every 20 ms and charges it to the phase running at the time: model load and
 calibration (``prepare``), the federated run (``federated``), the centralized baseline (``centralized``),
 each evaluation (``eval <label>``: dense, federated, centralized, local i) and what remains (``other``).
-Prints one line per phase (peak RSS in MB, seconds) and the run's overall peak.
+Prints one line per phase (peak RSS in MB, seconds) and the run's overall peak. On Linux the resident set is
+also split, per phase, into its anonymous part (tensors, the allocator's heap) and its file-backed part: the
+model's weights are memory-mapped from the safetensors cache, so they count as file pages (clean page cache
+the kernel can drop and read again), and only the anonymous part is what the run itself allocates.
 """
 
 from __future__ import annotations
@@ -22,12 +25,24 @@ from contextlib import contextmanager
 import psutil
 
 
+def resident_mb(proc: psutil.Process) -> dict[str, float]:
+    """The resident set in MB, with its anonymous and file-backed parts where /proc says them (Linux)."""
+    try:
+        with open(f"/proc/{proc.pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if line.startswith(("VmRSS", "RssAnon", "RssFile")))
+        return {"rss": int(fields["VmRSS"].split()[0]) / 1024, "anon": int(fields["RssAnon"].split()[0]) / 1024,
+                "file": int(fields["RssFile"].split()[0]) / 1024}
+    except (OSError, KeyError):
+        return {"rss": proc.memory_info().rss / 2**20}
+
+
 class Phases:
-    """Peak RSS and time per named phase, from a sampling thread."""
+    """Peak RSS (and its anonymous / file-backed parts) and time per named phase, from a sampling thread."""
 
     def __init__(self, interval: float = 0.02) -> None:
         self.current = "other"
         self.peak: dict[str, float] = {}
+        self.parts: dict[str, dict[str, float]] = {}  # phase -> peak anonymous / file-backed MB (each on its own)
         self.seconds: dict[str, float] = {}
         self.proc = psutil.Process(os.getpid())
         self.interval = interval
@@ -36,8 +51,11 @@ class Phases:
 
     def _sample(self) -> None:
         while not self.stop.is_set():
-            rss = self.proc.memory_info().rss / 2**20
-            self.peak[self.current] = max(self.peak.get(self.current, 0.0), rss)
+            now, phase = resident_mb(self.proc), self.current
+            self.peak[phase] = max(self.peak.get(phase, 0.0), now.pop("rss"))
+            parts = self.parts.setdefault(phase, {})
+            for k, v in now.items():
+                parts[k] = max(parts.get(k, 0.0), v)
             time.sleep(self.interval)
 
     @contextmanager
@@ -92,10 +110,12 @@ def main() -> None:
     import resource
 
     report = {"rc": rc, "total_s": total, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "phases": {k: {"peak_rss_mb": round(v, 1), "seconds": round(phases.seconds.get(k, 0.0), 1)}
+              "phases": {k: {"peak_rss_mb": round(v, 1), "seconds": round(phases.seconds.get(k, 0.0), 1),
+                             **{f"peak_{part}_mb": round(mb, 1) for part, mb in phases.parts.get(k, {}).items()}}
                          for k, v in phases.peak.items()}}
     for k, v in report["phases"].items():
-        print(f"{k:32s} peak {v['peak_rss_mb']:8.1f} MB  {v['seconds']:8.1f} s", file=sys.stderr)
+        split = f" (anon {v['peak_anon_mb']:8.1f}, file {v['peak_file_mb']:8.1f})" if "peak_anon_mb" in v else ""
+        print(f"{k:32s} peak {v['peak_rss_mb']:8.1f} MB{split}  {v['seconds']:8.1f} s", file=sys.stderr)
     print(json.dumps(report, indent=1), file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:

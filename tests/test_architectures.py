@@ -238,6 +238,23 @@ def test_chunked_perplexity_equals_the_full_logits(family, monkeypatch, device):
     assert got == pytest.approx(math.exp(float(nll) / w[:, 1:].numel()), rel=1e-5)
 
 
+def test_chunked_head_check_never_holds_a_whole_windows_logits(monkeypatch):
+    # prepare: windows longer than the check's probe; record every full-logits pass
+    from secprune import evaluate
+
+    model, w = tiny_model("llama"), windows(n=2, seqlen=3 * evaluate.CHECK_TOKENS)
+    full_passes: list[tuple[int, ...]] = []
+    full = evaluate._nll_full
+    monkeypatch.setattr(evaluate, "_nll_full", lambda m, x: full_passes.append(tuple(x.shape)) or full(m, x))
+
+    # execute
+    evaluate.perplexity(model, w, progress=False)
+
+    # assert: one full-logits pass, the check's, on one window's first CHECK_TOKENS tokens only
+    assert model._secprune_chunked_ok
+    assert full_passes == [(1, evaluate.CHECK_TOKENS)]
+
+
 def test_perplexity_falls_back_to_full_logits_for_an_unknown_head(monkeypatch):
     from secprune import evaluate
 
