@@ -21,3 +21,13 @@ class ResultCache:
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(self.data, indent=2))
         os.replace(tmp, self.path)
+
+
+def save_figure(fig, out: str | Path, *, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as PNG whole or not at all (to a temporary name, then rename)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    tmp.replace(out)
+    return out

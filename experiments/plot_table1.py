@@ -12,6 +12,8 @@ import math
 import textwrap
 from pathlib import Path
 
+from secprune.experiments._common import save_figure
+
 METHODS = (("centralized", "Centralized"), ("local-only", "Local-only"), ("federated", "FedPrLLM"))
 
 
@@ -56,12 +58,7 @@ def main() -> None:
     weights = runs[xs[0]]["model"].get("weights", "").split(":")[0]
     fig.suptitle(textwrap.shorten(f"{runs[xs[0]]['model']['name']}: FedPrLLM Table 1, {weights}", 150), fontsize=9)
     fig.tight_layout()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(out)
-    print(out)
+    print(save_figure(fig, args.out))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The Table 1 script's Markdown and the plot's error bars, from summaries with known numbers."""
 
 import argparse
+import json
 import math
 
 import pytest
@@ -42,3 +43,41 @@ def test_mean_stderr_combines_independent_task_errors():
     zs = {"tasks": {"a": {"acc_stderr": 0.03}, "b": {"acc_stderr": 0.04}}}
     assert mean_stderr(zs) == pytest.approx(0.05 / 2)  # sqrt(0.03^2 + 0.04^2) / 2 tasks
     assert math.isnan(mean_stderr({"tasks": {"a": {"acc": 0.5}}}))
+
+
+def _fedspa_cache() -> dict:
+    st = "pc32x256-wiki-lead-ev16x512-s0"
+    data = {f"{st}|dense": {"ptb": 90.0, "wiki-lead": 19.0}, f"{st}|random|s0.5": {"ptb": 1e6, "wiki-lead": 1e6}}
+    for n in (4, 8):
+        for s in (0.5, 0.7):
+            base = 100 * n + 1000 * s
+            data[f"{st}|fedspallm|c{n}|s{s}"] = {"ptb": base + 1, "wiki-lead": base / 10}
+            data[f"{st}|fedprllm|c{n}|s{s}"] = {"ptb": base + 2, "wiki-lead": base / 10 + 1}
+            data[f"{st}|standalone|c{n}|s{s}"] = {"ptb": base + 3, "wiki-lead": base / 10 + 2, "per_client": [
+                {"ptb": base, "wiki-lead": base / 10}, {"ptb": base + 6, "wiki-lead": base / 10 + 4}]}
+    return data
+
+
+def test_fedspallm_plot_series_follow_the_cache_along_both_axes(tmp_path):
+    from secprune.experiments.plot_fedspallm import cells, main, series, settings
+
+    # prepare: a cache with known cells at 4 and 8 clients, 50 and 70 %
+    data = _fedspa_cache()
+    found = cells(data, setting=settings(data)[0])
+    # execute / assert: along sparsity at 4 clients, then along clients at 70 %; the standalone bars span
+    # the evaluated clients (mean 3 above base, clients at base and base + 6)
+    assert series(found, method="fedspallm", dataset="ptb", clients=4) == ([0.5, 0.7], [901.0, 1101.0],
+                                                                           [(0, 0), (0, 0)])
+    xs, ys, err = series(found, method="standalone", dataset="ptb", sparsity=0.7)
+    assert (xs, ys, err) == ([4, 8], [1103.0, 1503.0], [(3.0, 3.0), (3.0, 3.0)])
+    assert len(found) == 12  # dense and random cells are not method cells
+    # the script writes the PNG whole, and refuses a cache that holds two settings without --setting
+    out = tmp_path / "f.png"
+    cache = tmp_path / "c.json"
+    cache.write_text(json.dumps(data))
+    assert main(["--cache", str(cache), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "f.tmp.png").exists()
+    data["n32x256-wiki-lead-ev4x512-s0|dense"] = {"ptb": 1.0, "wiki-lead": 1.0}
+    cache.write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match="--setting: the cache holds 2 settings"):
+        main(["--cache", str(cache), "--out", str(out)])
