@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from secprune import calibration  # noqa: E402
 from secprune.config import PruneConfig  # noqa: E402
 from secprune.evaluate import perplexity  # noqa: E402
-from secprune.experiments._common import ResultCache  # noqa: E402
+from secprune.experiments._common import ResultCache, fedspa_key  # noqa: E402
 from secprune.federated import LocalSpec, apply_masks, federated_prune, restore  # noqa: E402
 from secprune.fedspallm.baselines import random_masks  # noqa: E402
 from secprune.fedspallm.driver import FedSpaSpec, apply_weights, fedspallm_prune, restore_weights  # noqa: E402
@@ -114,11 +114,11 @@ def main(argv=None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:7.0f}s] {msg}", flush=True)
 
-    if "dense" in args.methods and cache.get(f"{setting}|dense") is None:
-        cache.put(f"{setting}|dense", ppl("dense"))
+    if "dense" in args.methods and cache.get(fedspa_key(setting, "dense")) is None:
+        cache.put(fedspa_key(setting, "dense"), ppl("dense"))
         log(f"dense {cache.get(f'{setting}|dense')}")
     for s in args.sparsities:
-        key = f"{setting}|random|s{s}"
+        key = fedspa_key(setting, "random", sparsity=s)
         if "random" in args.methods and cache.get(key) is None:
             backup = apply_masks(model, random_masks(model, sparsity=s, seed=args.seed))
             try:
@@ -130,7 +130,8 @@ def main(argv=None) -> int:
         cfg = calib_config(args, n)
         calib = None
         for s in args.sparsities:
-            fkey, skey, pkey = (f"{setting}|{m}|c{n}|s{s}" for m in ("fedspallm", "standalone", "fedprllm"))
+            fkey, skey, pkey = (fedspa_key(setting, m, clients=n, sparsity=s)
+                                for m in ("fedspallm", "standalone", "fedprllm"))
             need_fed = "fedspallm" in args.methods and cache.get(fkey) is None
             need_sa = "standalone" in args.methods and cache.get(skey) is None
             need_pr = "fedprllm" in args.methods and cache.get(pkey) is None
@@ -208,7 +209,7 @@ def table(cache: ResultCache, args, setting: str) -> str:
     lines = [f"{model}. Calibration {calib}, seed {args.seed}; perplexity on the first {args.eval_windows} x "
              f"{args.eval_seqlen}-token windows of PTB test and wiki-lead test (Wikipedia lead sections, not "
              "WikiText-2).", "", head, "|" + "---|" * (2 + 2 * len(args.sparsities))]
-    dense = cache.get(f"{setting}|dense")
+    dense = cache.get(fedspa_key(setting, "dense"))
     if dense:
         lines.append("| - | dense | " + " | ".join(_fmt(dense[d]) for _ in args.sparsities for d in DATASETS) + " |")
     for n in args.clients:
@@ -217,7 +218,7 @@ def table(cache: ResultCache, args, setting: str) -> str:
                 continue
             cells = []
             for s in args.sparsities:
-                r = cache.get(f"{setting}|random|s{s}") if m == "random" else cache.get(f"{setting}|{m}|c{n}|s{s}")
+                r = cache.get(fedspa_key(setting, m, clients=None if m == "random" else n, sparsity=s))
                 cells += [_fmt(r.get(d) if r else None) for d in DATASETS]
             label = {"fedprllm": "FedPrLLM (Wanda, one-shot, layer, no scaling)",
                      "standalone": f"standalone (mean of {min(args.standalone_clients, n)} clients)"}.get(m, m)

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from secprune.experiments._common import save_figure
+from secprune.experiments._common import fedspa_key, parse_fedspa_key, save_figure
 
 METHODS = (("standalone", "standalone", "C0"), ("fedprllm", "FedPrLLM (Wanda)", "C1"), ("fedspallm", "FedSpaLLM", "C2"))
 DATASETS = (("ptb", "PTB perplexity"), ("wiki-lead", "wiki-lead perplexity"))
@@ -21,17 +21,13 @@ DATASETS = (("ptb", "PTB perplexity"), ("wiki-lead", "wiki-lead perplexity"))
 
 def settings(data: dict) -> list[str]:
     """The cache-key prefixes (calibration and evaluation settings) present in a cache."""
-    return sorted({k.split("|", 1)[0] for k in data})
+    return sorted({parse_fedspa_key(k)[0] for k in data})
 
 
 def cells(data: dict, *, setting: str) -> dict[tuple[str, int, float], dict]:
-    """(method, clients, sparsity) -> cell for one setting; keys ``{setting}|{method}|c{n}|s{s}``."""
-    out = {}
-    for key, cell in data.items():
-        parts = key.split("|")
-        if parts[0] == setting and len(parts) == 4:
-            out[(parts[1], int(parts[2][1:]), float(parts[3][1:]))] = cell
-    return out
+    """(method, clients, sparsity) -> cell for one setting (dense and random cells have no client count)."""
+    parsed = {key: parse_fedspa_key(key) for key in data}
+    return {(m, n, s): data[key] for key, (st, m, n, s) in parsed.items() if st == setting and n is not None}
 
 
 def series(found: dict, *, method: str, dataset: str, clients: int | None = None,
@@ -72,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     found = cells(data, setting=setting)
     if not found:
         raise SystemExit(f"--cache: no method cells for setting {setting!r}")
-    dense = data.get(f"{setting}|dense")
+    dense = data.get(fedspa_key(setting, "dense"))
 
     import matplotlib
 
@@ -102,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"FedSpaLLM's table: {args.title} [{setting}]".replace(":  [", ": ["), fontsize=9)
+    fig.suptitle(f"FedSpaLLM's table: {args.title + ' ' if args.title else ''}[{setting}]", fontsize=9)
     fig.tight_layout()
     print(save_figure(fig, args.out))
     return 0

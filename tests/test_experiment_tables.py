@@ -76,7 +76,8 @@ def test_fedspallm_plot_series_follow_the_cache_along_both_axes(tmp_path):
     cache = tmp_path / "c.json"
     cache.write_text(json.dumps(data))
     assert main(["--cache", str(cache), "--out", str(out)]) == 0
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "f.tmp.png").exists()
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "f.png"]  # no temporary file left
     data["n32x256-wiki-lead-ev4x512-s0|dense"] = {"ptb": 1.0, "wiki-lead": 1.0}
     cache.write_text(json.dumps(data))
     with pytest.raises(SystemExit, match="--setting: the cache holds 2 settings"):
