@@ -116,7 +116,7 @@ def main(argv=None) -> int:
 
     if "dense" in args.methods and cache.get(fedspa_key(setting, "dense")) is None:
         cache.put(fedspa_key(setting, "dense"), ppl("dense"))
-        log(f"dense {cache.get(f'{setting}|dense')}")
+        log(f"dense {cache.get(fedspa_key(setting, 'dense'))}")
     for s in args.sparsities:
         key = fedspa_key(setting, "random", sparsity=s)
         if "random" in args.methods and cache.get(key) is None:
