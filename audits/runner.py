@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -547,13 +546,6 @@ def _summary(out: dict) -> dict:
     return s
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    os.replace(tmp, path)
-
-
 def _json_default(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
@@ -571,8 +563,8 @@ def save_audit(out_dir: Path, result: dict, private: dict | None) -> None:
     if private is not None:
         folder = outdir.private_dir(out_dir / "private")
         with outdir.owner_only():
-            write_json_atomic(folder / "reconstructions.json", private)
-    write_json_atomic(out_dir / "audit.json", result)
+            outdir.atomic_write(folder / "reconstructions.json", json.dumps(private, indent=1, default=_json_default))
+    outdir.atomic_write(out_dir / "audit.json", json.dumps(result, indent=1, default=_json_default))
 
 
 # ---------------------------------------------------------------- loading a run folder

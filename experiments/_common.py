@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from secprune.report.writer import _atomic_write
+from secprune.outdir import atomic_write
 
 
 class ResultCache:
@@ -20,7 +20,7 @@ class ResultCache:
 
     def put(self, key: str, value) -> None:
         self.data[key] = value
-        _atomic_write(self.path, json.dumps(self.data, indent=2))
+        atomic_write(self.path, json.dumps(self.data, indent=2))
 
 
 def fedspa_key(setting: str, method: str, *, clients: int | None = None, sparsity: float | None = None) -> str:
@@ -38,9 +38,9 @@ def parse_fedspa_key(key: str) -> tuple[str, str, int | None, float | None]:
 
 
 def save_figure(fig, out: str | Path, *, dpi: int = 110) -> Path:
-    """Write a matplotlib figure as PNG whole or not at all (the report writer's temporary name, then rename)."""
+    """Write a matplotlib figure as PNG whole or not at all (a temporary name, then rename)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     out = Path(out)
-    _atomic_write(out, buf.getvalue())
+    atomic_write(out, buf.getvalue())
     return out

@@ -20,6 +20,20 @@ from secprune.errors import UsageError
 MARKER = ".secprune"
 
 
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write ``path`` whole or not at all: a temporary sibling, then an atomic rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left behind when the write itself failed
+
+
 def check_target(out: Path, *, overwrite: bool, flag: str = "--out") -> None:
     """Refuse a target that is a file, the current folder or a parent of it, or someone else's folder."""
     resolved = out.expanduser().resolve()

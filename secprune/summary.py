@@ -8,13 +8,13 @@ statistics: only counts, sizes and the server's outputs.
 from __future__ import annotations
 
 import json
-import os
 import resource
 from pathlib import Path
 
 import torch
 
 from secprune.model import decoder_layers, param_names, weight_inventory
+from secprune.outdir import atomic_write
 
 SCHEMA = "secprune.summary/1"
 LOG_SCHEMA = "secprune.log/1"
@@ -105,14 +105,9 @@ def write(folder: Path, summary: dict, log: dict) -> None:
     from secprune import __version__
 
     head = {"schema": SCHEMA, "secprune_version": __version__}
-    _write_json(folder / "summary.json", head | summary)
-    _write_json(folder / "log.json", {"schema": LOG_SCHEMA} | log)
+    atomic_write(folder / "summary.json", json.dumps(head | summary, indent=1, default=float))
+    atomic_write(folder / "log.json", json.dumps({"schema": LOG_SCHEMA} | log, indent=1, default=float))
 
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
 
 
 def load(run_dir: Path, *, flag: str = "--run") -> dict:

@@ -51,3 +51,14 @@ def test_open_private_makes_an_existing_file_owner_only_before_writing(tmp_path)
     assert mode(path) == 0o600 and np.array_equal(np.load(path), np.arange(3))  # old tail truncated
     outdir.write_private(tmp_path / "new.pem", b"key")
     assert mode(tmp_path / "new.pem") == 0o600 and (tmp_path / "new.pem").read_bytes() == b"key"
+
+
+def test_atomic_write_leaves_the_old_file_and_no_temporary_when_the_write_fails(tmp_path):
+    target = tmp_path / "out" / "result.json"
+    outdir.atomic_write(target, "old")  # creates the missing folder
+    with pytest.raises(UnicodeEncodeError):
+        outdir.atomic_write(target, "half \udc80 written")  # a lone surrogate fails mid-write in UTF-8
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["result.json"]
+    outdir.atomic_write(target, b"\x00new")
+    assert target.read_bytes() == b"\x00new"

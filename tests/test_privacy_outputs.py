@@ -90,8 +90,8 @@ def test_positive_control_the_scanner_finds_kept_data(tiny_folder, client_files,
         real_write(path, data)
         written[path.name] = (stat.S_IMODE(os.stat(path).st_mode), stat.S_IMODE(os.stat(path.parent).st_mode))
 
-    real_write = writer._atomic_write
-    monkeypatch.setattr(writer, "_atomic_write", recording_write)
+    real_write = writer.atomic_write
+    monkeypatch.setattr(writer, "atomic_write", recording_write)
     out = tmp_path / "run"
     assert main(["prune", "--model", str(tiny_folder), "--client-data", *client_files, *SMALL, "--out", str(out),
                  "--keep-calibration", "--save-client-masks", "--quiet", "--baselines"]) == 0

@@ -15,10 +15,11 @@ import html
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
+
+from secprune.outdir import atomic_write
 
 SECTIONS = [
     ("summary", "Summary"),
@@ -38,16 +39,6 @@ VIEW_LABEL = {"own": "own mask (no secure aggregation)", "sum": "vote sum (secur
               "noisy_sum": "vote sum + Skellam noise (distributed DP)", "final": "final mask only (secure top-k)",
               "rr": "own mask + randomized response"}
 CORE_VIEWS = ("own", "sum", "noisy_sum", "final")
-
-
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _bad(x) -> bool:
@@ -764,9 +755,9 @@ def write_report(audit_dir: Path, out_dir: Path, *, show_reconstructions: bool =
         if show_reconstructions:
             outdir.private_dir(out_dir)
         for name, (png, _, _) in figs.items():
-            _atomic_write(out_dir / "figures" / f"{name}.png", png)
-        _atomic_write(out_dir / "report.html", "".join(parts))
-        _atomic_write(out_dir / "report.md", "\n".join(md))
+            atomic_write(out_dir / "figures" / f"{name}.png", png)
+        atomic_write(out_dir / "report.html", "".join(parts))
+        atomic_write(out_dir / "report.md", "\n".join(md))
         report_json = {"summary": a["summary"], "statement": _statement(a), "paper": a["paper"],
                        "sections": [s for s, _ in SECTIONS],
                        "figures": {name: {"caption": cap, "data": data} for name, (_, data, cap) in figs.items()},
@@ -774,7 +765,7 @@ def write_report(audit_dir: Path, out_dir: Path, *, show_reconstructions: bool =
                        "text": {sid: [_strip_tags(blk[1]) for blk in bl if blk[0] == "p"]
                                 for sid, bl in blocks.items()},
                        "reconstructions_shown": show_reconstructions}
-        _atomic_write(out_dir / "report.json", json.dumps(report_json, indent=1, default=_default))
+        atomic_write(out_dir / "report.json", json.dumps(report_json, indent=1, default=_default))
     if show_reconstructions:
         log.warn(f"--show-reconstructions: {final_dir} quotes the clients' private text (owner-only folder); "
                  "do not share it")
