@@ -1,4 +1,5 @@
-"""FedSpaLLM ablations on SmolLM2-135M: what adaptive mask expansion, layer sampling and rounds change.
+"""FedSpaLLM ablations on a real causal LM (`--model`, default SmolLM2-135M): what adaptive mask expansion, layer
+sampling and rounds change.
 
 Same calibration windows and evaluation as ``experiments/fedspallm_table.py`` (its cache supplies the full
 FedSpaLLM cell). Variants, each at every ``--sparsities`` value for ``--clients`` clients:
