@@ -1,4 +1,4 @@
-"""FedSpaLLM ablations on a real causal LM (`--model`, default SmolLM2-135M): what adaptive mask expansion, layer
+"""FedSpaLLM ablations on a real causal LM (``--model``, default SmolLM2-135M): what adaptive mask expansion, layer
 sampling and rounds change.
 
 Same calibration windows and evaluation as ``experiments/fedspallm_table.py`` (its cache supplies the full

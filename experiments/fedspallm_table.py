@@ -1,4 +1,4 @@
-"""FedSpaLLM's Tables 1-3 on a real causal LM (`--model`, default SmolLM2-135M): FedSpaLLM vs standalone vs random
+"""FedSpaLLM's Tables 1-3 on a real causal LM (``--model``, default SmolLM2-135M): FedSpaLLM vs standalone vs random
 vs FedPrLLM's best recipe.
 
 For every client count (4, 8, 16) and sparsity (50/60/70 %), on the same seeded calibration windows:
