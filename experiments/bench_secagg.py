@@ -3,9 +3,11 @@
 For every n (clients) and L (entries per client vector) the script runs, in one process and one run:
 
 * **pairwise (ours):** one complete session of :class:`secprune.secagg.pairwise.PairwiseSum` (all n clients and
-  the server, active-adversary version: signatures, consistency check, commitments, MACs), degree k
-  (``--neighbours``; the complete graph when k >= n - 1) and threshold t, with ``--drop`` clients dropping
-  after key sharing.  Wall time of ``summer.sum``; bytes are the lengths of the exact messages.
+  the server, active-adversary version: signatures, the graph draw, consistency check, commitments, MACs, the
+  ledger's digest of every input), with the degree k and threshold t derived from the threat (``--colluders``,
+  default 1/3 of the clients, ``--dropout-budget``, default 1/10; ``--neighbours`` forces a degree), with
+  ``--drop`` clients dropping after key sharing.  Wall time of ``summer.sum``; "client s" is the time spent
+  inside the clients' state machines (every stage, all clients); bytes are the lengths of the exact messages.
 * **flower:** Flower's own ``SecAggPlusWorkflow`` (server) against ``secaggplus_mod`` (every client), wired by
   an in-process ``Grid`` that serializes each ``Message`` to protobuf (``message_to_proto``) and parses it on
   the other side, so bytes are what Flower would put on the wire.  Same n, L, number of shares (k + 1),
@@ -43,7 +45,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from secprune.secagg import make_summer  # noqa: E402
-from secprune.secagg.params import pairwise_parameters  # noqa: E402
+from secprune.secagg.pairwise import PairwiseSum  # noqa: E402
+from secprune.secagg.pairwise_client import PairwiseClient  # noqa: E402
+from secprune.secagg.params import pairwise_parameters, threat  # noqa: E402
 from secprune.secagg.ring import pack, unpack  # noqa: E402
 
 
@@ -64,10 +68,48 @@ def bench_plain(vectors: list[np.ndarray]) -> dict:
             "wire_bits_per_entry": 8 * len(msgs[0]) / length}
 
 
-def bench_pairwise(vectors: list[np.ndarray], *, neighbours: int | None, threshold: int, drop: list[int]) -> dict:
+class _TimedClient(PairwiseClient):
+    """A client whose every stage adds its time to ``CLIENT_S`` (upload: the whole generator)."""
+
+
+CLIENT_S = [0.0]
+
+
+def _timed(method):
+    def run(self, *args, **kwargs):
+        t0 = _now()
+        try:
+            out = method(self, *args, **kwargs)
+        finally:
+            CLIENT_S[0] += _now() - t0
+        if method.__name__ != "upload":
+            return out
+
+        def stream():
+            while True:
+                t1 = _now()
+                try:
+                    msg = next(out)
+                except StopIteration:
+                    CLIENT_S[0] += _now() - t1
+                    return
+                CLIENT_S[0] += _now() - t1
+                yield msg
+        return stream()
+    return run
+
+
+for _name in ("join", "reveal", "share_keys", "receive_share", "acknowledge", "open_shares", "confirm", "upload",
+              "sign_survivors", "unmask"):
+    setattr(_TimedClient, _name, _timed(getattr(PairwiseClient, _name)))
+
+
+def bench_pairwise(vectors: list[np.ndarray], *, neighbours: int | None, threshold: int, drop: list[int],
+                   rule) -> dict:
     n, length = len(vectors), vectors[0].size
-    summer = make_summer("pairwise", n_clients=n, neighbours=neighbours, threshold=threshold,
-                         dropouts={"upload": drop} if drop else None)
+    summer = PairwiseSum(n_clients=n, neighbours=neighbours, threshold=threshold, threat=rule,
+                         dropouts={"upload": drop} if drop else None, client_class=_TimedClient)
+    CLIENT_S[0] = 0.0
     t0 = _now()
     out = summer.sum("layer", vectors)
     wall = _now() - t0
@@ -75,7 +117,7 @@ def bench_pairwise(vectors: list[np.ndarray], *, neighbours: int | None, thresho
     assert np.array_equal(out, np.sum([vectors[i] for i in alive], axis=0, dtype=np.int64)), "pairwise not exact"
     stats = summer.stats()
     client = sum(v for k, v in stats["sent"].items() if k.startswith("client"))
-    return {"round_s": wall, "client_bits_per_entry": 8 * client / (len(alive) * length),
+    return {"round_s": wall, "client_s": CLIENT_S[0], "client_bits_per_entry": 8 * client / (len(alive) * length),
             "wire_bits_per_entry": 8 * stats["total_bytes"] / (len(alive) * length), "bits": summer.bits,
             "degree": summer.degree or n - 1, "threshold": summer.threshold}
 
@@ -215,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, nargs="+", default=[8, 16, 64])
     ap.add_argument("--lengths", type=float, nargs="+", default=[1e6, 1e7])
-    ap.add_argument("--neighbours", type=int, default=8, help="SecAgg+ degree k, even (complete graph if >= n-1)")
+    ap.add_argument("--colluders", default="1/3", help="the threat: colluding clients, a count or fraction")
+    ap.add_argument("--dropout-budget", default="1/10", help="the threat: dropouts, a count or fraction")
+    ap.add_argument("--neighbours", type=int, default=0,
+                    help="force this SecAgg+ degree (0: derived from the threat; complete graph if >= n-1)")
     ap.add_argument("--drop", type=int, default=1, help="clients that drop after key sharing (both protocols)")
     ap.add_argument("--he", action="store_true", help="also run our HE backend (all n clients; slow)")
     ap.add_argument("--skip-flower", action="store_true")
@@ -227,14 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     flower_missing = False
     for n in args.clients:
-        k = min(args.neighbours, n - 1)
-        degree, t = pairwise_parameters(n_clients=n, neighbours=k, threshold=None)
+        rule = threat(n, colluders=args.colluders, dropouts=args.dropout_budget)
+        degree, t = pairwise_parameters(n_clients=n, threat=rule, neighbours=min(args.neighbours, n - 1) or None)
         h = n if degree is None else degree + 1
         drop = list(range(n - args.drop, n))
         for length in (int(x) for x in args.lengths):
             vectors = [(rng.random(length) < 0.5).astype(np.uint8) for _ in range(n)]
             res = {"plaintext": bench_plain(vectors),
-                   "pairwise": bench_pairwise(vectors, neighbours=degree, threshold=t, drop=drop)}
+                   "pairwise": bench_pairwise(vectors, neighbours=degree or n - 1, threshold=t, drop=drop, rule=rule)}
             if args.he:
                 res["he"] = bench_he(vectors, drop=drop)
             if not args.skip_flower:
@@ -261,11 +306,15 @@ def _print_block(n: int, length: int, h: int, t: int, drop: list[int], res: dict
     pw = res["pairwise"]
     print(f"\n## n={n} clients, L={length:.0e}, {h} share holders per client, t={t}, {len(drop)} dropped "
           f"before upload (ours: b={pw['bits']} bits)")
-    print(f"{'backend':10s} {'round s':>9s} {'client up b/entry':>17s} {'wire b/entry':>12s} "
-          f"{'time / ours':>11s} {'upload / ours':>13s}")
+    print(f"{'backend':10s} {'round s':>9s} {'client s':>9s} {'client up b/entry':>17s} {'wire b/entry':>12s} "
+          f"{'time / ours':>11s} {'client s / ours':>15s} {'upload / ours':>13s}")
     for name, r in res.items():
-        print(f"{name:10s} {r['round_s']:9.3f} {r['client_bits_per_entry']:17.2f} {r['wire_bits_per_entry']:12.2f} "
-              f"{r['round_s'] / pw['round_s']:11.2f} {r['client_bits_per_entry'] / pw['client_bits_per_entry']:13.2f}")
+        client = r.get("client_s")
+        ratio = f"{client / pw['client_s']:15.2f}" if client is not None else f"{'-':>15s}"
+        print(f"{name:10s} {r['round_s']:9.3f} {client if client is not None else float('nan'):9.3f} "
+              f"{r['client_bits_per_entry']:17.2f} {r['wire_bits_per_entry']:12.2f} "
+              f"{r['round_s'] / pw['round_s']:11.2f} {ratio} "
+              f"{r['client_bits_per_entry'] / pw['client_bits_per_entry']:13.2f}")
     sys.stdout.flush()
 
 

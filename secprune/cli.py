@@ -117,18 +117,29 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from secprune import outdir
-    from secprune.secagg.identity import generate_identities
+    from secprune.secagg.identity import AUTHORITY_KEY, IdentityKey, generate_identities
 
     if args.clients < 1:
         raise UsageError(f"--clients must be >= 1, got {args.clients}")
     out = Path(args.out)
     outdir.check_target(out, overwrite=args.overwrite)
+    authority = None
+    if args.authority_key:
+        try:
+            authority = IdentityKey.load(args.authority_key)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--authority-key: {args.authority_key}: not an Ed25519 private key ({exc})") from None
     tmp = outdir.staging(out, kind="keys")
     outdir.private_dir(tmp)
-    directory = generate_identities(tmp, n_clients=args.clients, key_holder=args.key_holder)
+    if authority is None:
+        authority = IdentityKey.generate()
+        authority.save(tmp / AUTHORITY_KEY)
+    directory = generate_identities(tmp, n_clients=args.clients, key_holder=args.key_holder, authority=authority)
     outdir.commit(tmp, out)
     emit({"out": str(out), "directory": str(out / "directory.json"), "parties": len(directory.keys),
-          "note": "give client i only its own client{i}.pem and everyone directory.json"})
+          "authority": authority.public.hex(),
+          "note": "give client i only its own client{i}.pem, directory.json and authority.pub; keep "
+                  "authority.pem away from the server (it signs the directory)"})
     return 0
 
 
@@ -180,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, required=True, metavar="N", help="number of clients")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to create (owner-only)")
     p.add_argument("--key-holder", action="store_true", help="also a key for the HE key holder")
+    p.add_argument("--authority-key", metavar="PEM",
+                   help="sign directory.json with this Ed25519 key (default: a new one, saved as authority.pem); "
+                        "clients check the signature against authority.pub")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it is an earlier secprune keys folder")
     p.add_argument("--quiet", action="store_true", help="print errors only")
     p.set_defaults(func=cmd_keys)

@@ -91,13 +91,23 @@ class PruneConfig:
     secure_agg: str = opt("none", group="secure aggregation", choices=("none", "pairwise", "he"),
                           help="how the server sums the clients' vectors: none (plaintext), pairwise (SecAgg / "
                                "SecAgg+ masking), he (TenSEAL BFV); the final mask is identical")
+    secagg_colluders: str | None = opt(None, group="secure aggregation", metavar="COUNT|FRACTION",
+                                       help="clients that may collude with the server (a count, or a fraction of "
+                                            "the clients such as 1/3); the neighbour degree and threshold are "
+                                            "derived from it with failure probability 2^-40 (default: 1/3)")
+    secagg_dropouts: str | None = opt(None, group="secure aggregation", metavar="COUNT|FRACTION",
+                                      help="dropouts every sum must survive (a count or a fraction; default: 1/10)")
+    secagg_min_contributors: int | None = opt(None, group="secure aggregation", metavar="M",
+                                              help="clients behind every released sum, at least 3 and at least 2 "
+                                                   "beside the colluders (default: colluders + 3)")
     secagg_neighbours: int = opt(0, group="secure aggregation",
-                                 help="--secure-agg pairwise: SecAgg+ neighbour degree k, even and >= 4 (0 = "
-                                      "complete graph, plain SecAgg); see docs/secagg.md for the safe levels")
+                                 help="--secure-agg pairwise: SecAgg+ neighbour degree k, even and >= 4, or n-1 "
+                                      "for the complete graph (0 = derived from the colluders and dropouts); "
+                                      "refused where unsafe, see docs/secagg.md")
     secagg_threshold: int | None = opt(None, group="secure aggregation",
                                        help="survivors needed to finish a sum (pairwise: of each client's share "
-                                            "holders; he: of the clients); refused below the safe level "
-                                            "(default: the backend's safe default)")
+                                            "holders; he: of the clients); refused below the safe level for the "
+                                            "colluders (default: the smallest safe one)")
     secagg_keys: str | None = opt(None, group="secure aggregation", metavar="DIR",
                                   help="--secure-agg pairwise: folder of the clients' long-term Ed25519 keys and "
                                        "the pinned key directory (made by `secprune keys`); default: fresh keys "
@@ -237,7 +247,8 @@ class PruneConfig:
 
         try:
             check_options(self.secure_agg, n_clients=self.clients, neighbours=self.secagg_neighbours or None,
-                          threshold=self.secagg_threshold)
+                          threshold=self.secagg_threshold, colluders=self.secagg_colluders,
+                          dropouts=self.secagg_dropouts, min_contributors=self.secagg_min_contributors)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         need(self.secagg_keys is None or self.secure_agg == "pairwise",

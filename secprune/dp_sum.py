@@ -37,6 +37,8 @@ from secprune.secagg.base import check_layout, check_vector
 class NoisySum:
     """A secure sum whose output is the vote sum plus distributed Skellam noise (module doc)."""
 
+    exact = False  # noisy counts: no per-group totals to check
+
     def __init__(self, inner, *, lam: float, dropouts: int = 0, colluders: int = 0, delta: float = 1e-5,
                  noise_seed: int | None = None, log_tail: float = -200.0) -> None:
         if lam <= 0:

@@ -89,7 +89,7 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
     summer = summer or make_summer("none", n_clients=m)
     strat = FedPrLLM(method=spec.method, n_clients=m, sparsity=spec.sparsity, local_group=spec.local_group,
                      server_group=server_group, strategy=strategy, scaling=scaling, seed=spec.seed,
-                     stable_ties=spec.stable_ties, keep_counts=keep_counts)
+                     stable_ties=spec.stable_ties, keep_counts=keep_counts, check_counts=summer.exact)
     sim = simulate(model, windows, parts, strat, summers=OneSummer(summer), batch_size=spec.batch_size,
                    checkpoint=checkpoint, keep=keep_weights, desc=desc, progress=progress,
                    record_masks=True if record_clients is None else record_clients,

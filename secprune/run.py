@@ -84,9 +84,15 @@ def run_prune(cfg: PruneConfig, *, progress: bool = True) -> dict:
 
 
 def secagg_options(cfg: PruneConfig) -> dict:
-    """The backend options of the secure-aggregation flags (validated by ``PruneConfig.validate``)."""
-    opts: dict = {}
-    if cfg.secure_agg in ("pairwise", "he") and cfg.secagg_threshold is not None:
+    """The backend options of the secure-aggregation flags (validated by ``PruneConfig.validate``): the threat
+    as absolute counts of the whole federation (a FedSpaLLM layer's sub-federation may hold every colluder)."""
+    if cfg.secure_agg == "none":
+        return {}
+    from secprune.secagg.params import threat
+
+    opts: dict = {"threat": threat(cfg.clients, colluders=cfg.secagg_colluders, dropouts=cfg.secagg_dropouts,
+                                   min_contributors=cfg.secagg_min_contributors)}
+    if cfg.secagg_threshold is not None:
         opts["threshold"] = cfg.secagg_threshold
     if cfg.secure_agg == "pairwise":
         if cfg.secagg_neighbours:

@@ -89,14 +89,16 @@ def client_files(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def federation(tiny_folder, tmp_path_factory):
-    """Three clients with their own text files, a keys folder (with a key holder) and the tiny model."""
+    """Four clients with their own text files, a keys folder (with a key holder) and the tiny model (four: a secure
+    sum covers at least three clients, and one may drop)."""
     from secprune.cli import main
 
     root = tmp_path_factory.mktemp("federation")
-    texts = [*CLIENT_TEXTS, "vorpal snicker tulgey frabjous galumphing 4242 manxome uffish. " * 40]
+    texts = [*CLIENT_TEXTS, "vorpal snicker tulgey frabjous galumphing 4242 manxome uffish. " * 40,
+             "slithy toves gyre gimble 58-RT brillig raths mome tumtum whiffling burbled. " * 40]
     files = []
     for i, t in enumerate(texts):
         (root / f"c{i}.txt").write_text(t)
         files.append(str(root / f"c{i}.txt"))
-    assert main(["keys", "--clients", "3", "--key-holder", "--out", str(root / "keys"), "--quiet"]) == 0
+    assert main(["keys", "--clients", "4", "--key-holder", "--out", str(root / "keys"), "--quiet"]) == 0
     return {"root": root, "files": files, "model": tiny_folder}

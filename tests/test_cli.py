@@ -79,7 +79,7 @@ def test_keep_calibration_is_owner_only(tiny_folder, client_files, tmp_path):
     (["--secure-agg", "pairwise", "--secagg-neighbours", "5"], "--secagg-neighbours 5: below the safe level"),
     (["--secure-agg", "pairwise", "--secagg-threshold", "3"], "--secagg-threshold 3: below the safe level"),
     (["--secure-agg", "he", "--secagg-threshold", "17"], "--secagg-threshold 17: above the 16 clients"),
-    (["--secagg-threshold", "3"], "--secagg-threshold 3: --secure-agg none has no threshold"),
+    (["--secagg-threshold", "3"], "--secagg-threshold 3: --secure-agg none has no secure aggregation"),
     (["--secure-agg", "he", "--secagg-keys", "/tmp"], "--secagg-keys: only used with --secure-agg pairwise"),
     (["--method", "sparsegpt", "--sparsegpt-update", "--strategy", "iterative"], "--sparsegpt-update: no effect"),
     (["--sparsegpt-update"], "--sparsegpt-update: only with --method sparsegpt"),
@@ -263,11 +263,12 @@ def test_fedspallm_run_resumes_without_repruning(tiny_folder, client_files, tmp_
     assert not (tmp_path / "run.partial").exists()
 
 
-def test_secure_aggregation_backends_give_bit_identical_final_masks(tiny_folder, client_files, tmp_path):
+def test_secure_aggregation_backends_give_bit_identical_final_masks(tiny_folder, federation, tmp_path):
     finals = {}
-    for backend in ("none", "pairwise", "he"):
+    for backend in ("none", "pairwise", "he"):  # three clients, none colluding: the smallest secure federation
         out = tmp_path / backend
-        assert prune(tiny_folder, client_files, out, "--baselines", "--secure-agg", backend) == 0
+        threat = ["--secagg-colluders", "0"] if backend != "none" else []
+        assert prune(tiny_folder, federation["files"], out, "--baselines", "--secure-agg", backend, *threat) == 0
         finals[backend] = MaskSet.load(out / "final_mask.safetensors")
         stats = json.loads((out / "summary.json").read_text())["secure_aggregation"]
         assert stats["backend"] == backend and stats["total_bytes"] > 0

@@ -77,7 +77,7 @@ def test_noisy_sum_with_dropouts_removes_only_the_survivors_offsets():
 
     mu = lam / (m - 2)
     bound = dp.skellam_share_bound(mu=mu)
-    inner = PairwiseSum(n_clients=m, max_value=1 + 2 * bound, dropouts={"upload": [1, 4]})
+    inner = PairwiseSum(n_clients=m, max_value=1 + 2 * bound, colluders=0, dropouts={"upload": [1, 4]})
     s = NoisySum(inner, lam=lam, dropouts=2, noise_seed=5)
     out = s.sum("k", vecs)
     survivors = [0, 2, 3, 5]
@@ -103,14 +103,15 @@ def test_accounting_assumptions_move_epsilon_the_right_way():
     assert dp.skellam_rdp(lam, [4.0])[0] == pytest.approx(4.0 / (4 * lam), rel=1e-6)
 
 
-def test_prune_with_distributed_dp_end_to_end(tiny_folder, client_files, tmp_path, capsys):
-    def prune(out, *extra):
-        return main(["prune", "--model", str(tiny_folder), "--client-data", *client_files, *SMALL, "--out",
+def test_prune_with_distributed_dp_end_to_end(tiny_folder, federation, tmp_path, capsys):
+    def prune(out, *extra):  # three clients: the fewest a secure sum may cover
+        return main(["prune", "--model", str(tiny_folder), "--client-data", *federation["files"], *SMALL, "--out",
                      str(out), "--quiet", "--baselines", *extra])
 
+    secure = ("--secure-agg", "pairwise", "--secagg-colluders", "0", "--dp-noise", "skellam")
     assert prune(tmp_path / "plain") == 0
-    assert prune(tmp_path / "quiet", "--secure-agg", "pairwise", "--dp-noise", "skellam", "--dp-lambda", "1e-9") == 0
-    assert prune(tmp_path / "loud", "--secure-agg", "pairwise", "--dp-noise", "skellam", "--dp-lambda", "1e6") == 0
+    assert prune(tmp_path / "quiet", *secure, "--dp-lambda", "1e-9") == 0
+    assert prune(tmp_path / "loud", *secure, "--dp-lambda", "1e6") == 0
     capsys.readouterr()
     from secprune.masks import MaskSet
 

@@ -300,3 +300,38 @@ def test_pruned_weight_is_masked_fill_bit_for_bit(dtype):
                                            torch.tensor([float("inf"), -float("inf"), float("nan")], dtype=dtype))):
         want = weight.masked_fill(mask, 0.0)
         assert torch.equal(pruned_weight(weight, mask).view(bits), want.view(bits))
+
+
+class _Shifter:
+    """A malicious client's masking: +1 on one entry of its masked upload (the sum stays in range)."""
+
+    @staticmethod
+    def make(shift, position):
+        from secprune.secagg.pairwise_client import PairwiseClient
+        from secprune.secagg.ring import ring_mask
+
+        class Shifter(PairwiseClient):
+            def _masked_chunk(self, x, keys, stream_offset):
+                y = super()._masked_chunk(x, keys, stream_offset)
+                if self.id == 2 and stream_offset <= position < stream_offset + y.size:
+                    y[position - stream_offset] = (int(y[position - stream_offset]) + shift) & ring_mask(self.cfg.bits)
+                return y
+        return Shifter
+
+
+@pytest.mark.parametrize("shift", [1, -3, 5, 12])  # 5 and 12 wrap to -3 and +4 modulo 8
+def test_a_client_shifting_one_vote_is_refused_by_the_group_totals(model, windows, shift):
+    """The issue's +5 / -3 on one entry: each pruned-mask group must sum to voters x k; a single shifted entry
+    breaks its row's total, and the server refuses the sum (inside the range check's bounds)."""
+    from secprune.secagg.errors import ProtocolError
+    from secprune.secagg.pairwise import PairwiseSum
+
+    parts = [np.arange(i, 8, 4) for i in range(4)]
+    honest = run(model, windows, parts, summer=PairwiseSum(n_clients=4, colluders=0))
+    counts = honest.counts["layers.0.self_attn.q_proj"].reshape(-1)  # the first matrix of the epoch
+    # an entry where the shifted sum, modulo the ring (2^3), stays inside [0, 4]: the range check alone accepts it
+    position = int(torch.nonzero((counts + shift) % 8 <= 4)[0])
+    summer = PairwiseSum(n_clients=4, colluders=0, client_class=_Shifter.make(shift, position))
+    with pytest.raises(ProtocolError, match=r"layers.0.self_attn.q_proj: 1 row groups of the summed masks do not "
+                                            r"hold 4 x \d+ votes .*malformed mask"):
+        run(model, windows, parts, summer=summer)

@@ -143,10 +143,11 @@ def test_layer_sampling_rounds_cover_layers_and_count_communication():
 
 def test_secure_aggregation_fixed_point_error():
     model, wins = tiny_model(), windows(n=6)
-    parts = split(len(wins), 2)
+    parts = split(len(wins), 3)  # three clients: the fewest a secure sum covers
     spec = FedSpaSpec(sparsity=0.5, fixed_point_bits=14)
     plain = fedspallm_prune(model, wins, parts, spec=spec, progress=False)
-    sec = fedspallm_prune(model, wins, parts, spec=spec, secure="pairwise", progress=False)
+    sec = fedspallm_prune(model, wins, parts, spec=spec, secure="pairwise", secagg_options={"colluders": 0},
+                          progress=False)
     assert sec.secagg["backend"] == "pairwise" and sec.secagg["total_bytes"] > 0
     assert sec.secagg["clipped_entries"] == 0
     err = sec.secagg["max_abs_error"]
@@ -214,19 +215,24 @@ def test_checkpoint_resume_gives_identical_result(tmp_path, crash_step, secure):
     # prepare: 2 rounds x 3 layers with layer sampling; crash mid-round 1 (step 2 = round 0, layer 2 is the
     # round boundary; step 3 = round 1, layer 0; step 5 = the last step, secure sums)
     model, wins = tiny_model(layers=3), windows()
-    parts = split(len(wins), 3)
-    spec = FedSpaSpec(sparsity=0.6, rounds=2, layer_sampling=True, resources=[1.0, 0.5, 0.5], seed=3)
-    full = fedspallm_prune(model, wins, parts, spec=spec, secure=secure, keep_clients=[0], progress=False)
+    if secure is None:
+        parts = split(len(wins), 3)
+        spec = FedSpaSpec(sparsity=0.6, rounds=2, layer_sampling=True, resources=[1.0, 0.5, 0.5], seed=3)
+    else:  # every layer's secure sum over at least three clients
+        parts = split(len(wins), 4)
+        spec = FedSpaSpec(sparsity=0.6, rounds=2, layer_sampling=True, resources=[1.0, 1.0, 1.0, 0.34], seed=3)
+    opts = {"secagg_options": {"colluders": 0}} if secure else {}
+    full = fedspallm_prune(model, wins, parts, spec=spec, secure=secure, keep_clients=[0], progress=False, **opts)
     ck = tmp_path / "ck"
 
     # execute: a run that dies after `crash_step`, then the same call again
     with pytest.raises(_Crash):
         fedspallm_prune(model, wins, parts, spec=spec, secure=secure, keep_clients=[0], progress=False,
-                        checkpoint=ck, on_layer=_crash_after(crash_step, 3))
+                        checkpoint=ck, on_layer=_crash_after(crash_step, 3), **opts)
     assert torch.load(ck / "state.pt", weights_only=False)["step"] == crash_step + 1
     seen = []
     resumed = fedspallm_prune(model, wins, parts, spec=spec, secure=secure, keep_clients=[0], progress=False,
-                              checkpoint=ck, on_layer=lambda t, li: seen.append(t * 3 + li))
+                              checkpoint=ck, on_layer=lambda t, li: seen.append(t * 3 + li), **opts)
 
     # assert: only the missing steps ran, and everything equals the uninterrupted run
     assert seen == list(range(crash_step + 1, 6))

@@ -124,8 +124,8 @@ def test_fixed_point_secure_sums_error_bound(backend):
     ws, ps = [torch.from_numpy(w) for w in W], [torch.from_numpy(p) for p in P]
     bits = 12
     code = FixedPoint(bits=bits, bound=4.0)
-    wsum_s = make_summer(backend, n_clients=3, max_value=code.max_value, seed=1)
-    msum_s = make_summer(backend, n_clients=3, max_value=1, seed=2)
+    wsum_s = make_summer(backend, n_clients=3, max_value=code.max_value, seed=1, colluders=0)
+    msum_s = make_summer(backend, n_clients=3, max_value=1, seed=2, colluders=0)
     wsum, kept, clipped = secure_l0_sums(weights=ws, pruned=ps, code=code, weight_summer=wsum_s,
                                          mask_summer=msum_s, key="t")
     assert clipped == 1
@@ -134,13 +134,16 @@ def test_fixed_point_secure_sums_error_bound(backend):
     assert np.abs(wsum.numpy() - exact).max() <= 3 * code.max_error + 1e-12  # 3 rounding errors at most
     W[0, 2, 3] = 1.0
     ws[0] = torch.from_numpy(W[0])
+    # the same masks again: fresh summers (fresh clients), since a client releases one input into one sum
+    wsum_s = make_summer(backend, n_clients=3, max_value=code.max_value, seed=1, colluders=0)
+    msum_s = make_summer(backend, n_clients=3, max_value=1, seed=2, colluders=0)
     agg = aggregate_matrix(weights=ws, pruned=ps, sparsity=0.5, expansion=False, name="t2", code=code,
                            weight_summer=wsum_s, mask_summer=msum_s)
     ref, _ = l0_aggregate(weights=ws, pruned=ps)
     err = (agg.weight - ref).abs().max().item()
     assert err == pytest.approx(agg.max_abs_error, abs=1e-7)
     assert 0 < err <= code.max_error == 4.0 / 2 ** (bits + 1)
-    assert wsum_s.stats()["total_bytes"] > 0 and msum_s.stats()["entries"] == 2 * 8 * 16
+    assert wsum_s.stats()["total_bytes"] > 0 and msum_s.stats()["entries"] == 8 * 16
 
 
 def test_layer_budgets_are_proportional_to_resources():  # Eq. 8

@@ -28,28 +28,38 @@ from secprune.secagg.errors import SecAggAbortError  # noqa: E402
 
 from .test_privacy_outputs import needles  # noqa: E402
 
+# every layer sampled by three of the four clients: the fewest a secure sum may cover
 ALGOS = {"one-shot": {}, "iterative": {"strategy": "iterative", "scaling": True},
-         "fedspallm": {"algorithm": "fedspallm", "rounds": 2, "layer_sampling": True, "resources": [0.5]}}
+         "fedspallm": {"algorithm": "fedspallm", "rounds": 2, "layer_sampling": True,
+                       "resources": [1.0, 1.0, 1.0, 0.5]}}
 FLAGS = {"one-shot": [], "iterative": ["--strategy", "iterative", "--scaling"],
-         "fedspallm": ["--algorithm", "fedspallm", "--rounds", "2", "--layer-sampling", "--resources", "0.5"]}
+         "fedspallm": ["--algorithm", "fedspallm", "--rounds", "2", "--layer-sampling", "--resources", "1", "1",
+                       "1", "0.5"]}
+COLLUDERS = ["--secagg-colluders", "0"]  # four clients tolerate one dropout when none colludes (t = 3)
+
+
+def threat_flags(secure: str) -> list[str]:
+    return COLLUDERS if secure != "none" else []
 
 
 def simulate(fed, algo, secure, out, *extra):
     assert main(["prune", "--model", str(fed["model"]), "--client-data", *fed["files"], "--nsamples", "6",
-                 "--seqlen", "16", "--eval", "--secure-agg", secure, *FLAGS[algo], *extra, "--out", str(out),
-                 "--quiet"]) == 0
+                 "--seqlen", "16", "--eval", "--secure-agg", secure, *threat_flags(secure), *FLAGS[algo], *extra,
+                 "--out", str(out), "--quiet"]) == 0
     return out
 
 
-def distributed(fed, algo, secure, tmp_path, *, drop=None, on_received=None):
+def distributed(fed, algo, secure, tmp_path, *, drop=None, on_received=None, keys=None, run_id=1):
     cfg = PruneConfig(model=str(fed["model"]), client_data=fed["files"], nsamples=6, seqlen=16, secure_agg=secure,
-                      eval=[], baselines=[], **ALGOS[algo]).validate()
+                      eval=[], baselines=[], secagg_colluders="0" if secure != "none" else None,
+                      **ALGOS[algo]).validate()
     run_config = run_config_from(cfg, directory=str(fed["root"] / "keys" / "directory.json"))
-    nodes = [{"client-id": i, "data": f, "keys": str(fed["root"] / "keys"), "state-dir": str(tmp_path / f"s{i}")}
-             for i, f in enumerate(fed["files"])]
+    nodes = [{"client-id": i, "data": f, "keys": str((keys or {}).get(i, fed["root"] / "keys")),
+              "state-dir": str(tmp_path / f"s{i}"), "secagg-colluders": "0"} for i, f in enumerate(fed["files"])]
     if secure == "he":
-        nodes.append({"role": "keyholder", "keys": str(fed["root"] / "keys"), "state-dir": str(tmp_path / "sk")})
-    transport = LocalTransport(run_config, nodes)
+        nodes.append({"role": "keyholder", "keys": str(fed["root"] / "keys"), "state-dir": str(tmp_path / "sk"),
+                      "secagg-colluders": "0"})
+    transport = LocalTransport(run_config, nodes, run_id=run_id)
     transport.drop = {100 + c: stage for c, stage in (drop or {}).items()}
     cfg2, extras = config_from_run(run_config)
     run = ServerRun(transport, cfg2, extras, on_received=on_received)
@@ -78,33 +88,33 @@ def test_distributed_run_is_bit_identical_to_the_simulation(federation, tiny_fol
         kept = load_file(str(sim / "global_weights.safetensors"))
         for n, w in run.strategy.global_w.items():
             assert torch.equal(w[~masks[n]].cpu(), kept[names[n]])
-    expected = {"none": set(), "pairwise": {"advertise", "share", "consistency", "unmask"},
+    expected = {"none": set(), "pairwise": {"advertise", "share", "ack", "consistency", "unmask"},
                 "he": {"he_context", "he_decrypt"}}[secure]
     assert set(transport.stages) == {"hello", "step", "finish"} | expected
     steps = transport.stages.count("step")
     assert steps == {"one-shot": 1, "iterative": 2, "fedspallm": 2}[algo]  # tiny model: 2 layers, 2 rounds
-    assert not [p for i in range(3) for p in (tmp_path / f"s{i}").glob("run-*")]  # finish deleted all state
+    assert not [p for i in range(4) for p in (tmp_path / f"s{i}").glob("run-*")]  # finish deleted all state
 
 
 def test_client_killed_after_its_upload_is_recovered(federation, tmp_path):
     """Client 2 stops after uploading (before the consistency check): its self mask is recovered from its
-    share holders and the sum still holds its vote, exactly as in the simulation of all three."""
+    share holders and the sum still holds its vote, exactly as in the simulation of all four."""
     sim = MaskSet.load(simulate(federation, "one-shot", "pairwise", tmp_path / "sim") / "final_mask.safetensors")
     run, result, _ = distributed(federation, "one-shot", "pairwise", tmp_path, drop={2: "consistency"})
-    assert result["clients_at_end"] == [0, 1]
+    assert result["clients_at_end"] == [0, 1, 3]
     names = param_names(run.model)
     assert same_masks(sim, run.strategy.final, names)
 
 
 def test_client_killed_before_its_upload_leaves_the_survivors_sum(federation, tmp_path):
-    """Client 1 stops before its step reply: the sum is clients 0 and 2's (an independent recomputation from
+    """Client 1 stops before its step reply: the sum is clients 0, 2 and 3's (an independent recomputation from
     their own masks in the simulation), and the dropped client's pairwise masks are removed."""
     sim = simulate(federation, "one-shot", "pairwise", tmp_path / "sim", "--save-client-masks")
     clients = MaskSet.load(sim / "private" / "client_masks.safetensors")
     run, result, _ = distributed(federation, "one-shot", "pairwise", tmp_path, drop={1: "step"})
     names = param_names(run.model)
     for n, counts in run.strategy.counts.items():
-        expected = clients.get(0, names[n]).long() + clients.get(2, names[n]).long()
+        expected = sum(clients.get(i, names[n]).long() for i in (0, 2, 3))
         assert torch.equal(counts, expected)
         assert torch.equal(run.strategy.final[n], final_mask(expected, sparsity=0.5, group="layer", seed=0, name=n))
 
@@ -119,17 +129,32 @@ def test_too_few_survivors_abort_without_output(federation, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_client_refusing_a_stage_stops_the_run(federation, tmp_path):
-    """A client whose pinned directory does not match the server's refuses to join; the run stops, naming it."""
+def test_a_client_refusing_a_stage_is_dropped_and_named(federation, tmp_path):
+    """A client whose pinned directory does not match the server's refuses to join: it is dropped, with its reason
+    in the run's record, and the others finish (their sum, bit for bit as the simulation's masks of 0, 2, 3)."""
     other = tmp_path / "otherkeys"
-    assert main(["keys", "--clients", "3", "--out", str(other), "--quiet"]) == 0
-    cfg = PruneConfig(model=str(federation["model"]), client_data=federation["files"], nsamples=6, seqlen=16,
-                      secure_agg="pairwise", eval=[], baselines=[]).validate()
-    run_config = run_config_from(cfg, directory=str(federation["root"] / "keys" / "directory.json"))
-    nodes = [{"client-id": i, "data": f, "keys": str(other if i == 1 else federation["root"] / "keys"),
-              "state-dir": str(tmp_path / f"s{i}")} for i, f in enumerate(federation["files"])]
-    with pytest.raises(Refused, match="client 1 refused stage advertise"):
-        ServerRun(LocalTransport(run_config, nodes), *config_from_run(run_config)).run()
+    assert main(["keys", "--clients", "4", "--out", str(other), "--quiet"]) == 0
+    sim = simulate(federation, "one-shot", "pairwise", tmp_path / "sim", "--save-client-masks")
+    clients = MaskSet.load(sim / "private" / "client_masks.safetensors")
+    run, result, _ = distributed(federation, "one-shot", "pairwise", tmp_path, keys={1: other})
+    assert [(r["stage"], r["client"]) for r in result["refused"]] == [("advertise", 1)]
+    assert "another key directory" in result["refused"][0]["reason"]
+    assert result["clients_at_end"] == [0, 2, 3]
+    names = param_names(run.model)
+    for n, counts in run.strategy.counts.items():
+        assert torch.equal(counts, sum(clients.get(i, names[n]).long() for i in (0, 2, 3)))
+    with pytest.raises(Refused, match="key holder refused stage he_context"):  # the key holder is required
+        _refusing_key_holder(federation, tmp_path / "kh", other)
+
+
+def _refusing_key_holder(fed, tmp_path, other):
+    cfg = PruneConfig(model=str(fed["model"]), client_data=fed["files"], nsamples=6, seqlen=16, secure_agg="he",
+                      eval=[], baselines=[], secagg_colluders="0").validate()
+    run_config = run_config_from(cfg, directory=str(fed["root"] / "keys" / "directory.json"))
+    nodes = [{"client-id": i, "data": f, "keys": str(fed["root"] / "keys"), "state-dir": str(tmp_path / f"s{i}"),
+              "secagg-colluders": "0"} for i, f in enumerate(fed["files"])]
+    nodes.append({"role": "keyholder", "keys": str(other), "state-dir": str(tmp_path / "sk")})
+    ServerRun(LocalTransport(run_config, nodes), *config_from_run(run_config)).run()
 
 
 @pytest.mark.parametrize("secure", ["none", "pairwise", "he"])
@@ -187,7 +212,7 @@ def test_serve_and_client_assemble_flower_commands(tmp_path, capsys, federation)
     assert cmd.startswith("flower-supernode --superlink 10.0.0.5:9092 --port 9101 --node-config")
     assert "client-id=1" in cmd and f'data="{federation["files"][1]}"' in cmd and "--insecure" in cmd
     out = tmp_path / "run"
-    assert main(["serve", "--superlink", "10.0.0.5:9093", "--clients", "3", "--secure-agg", "pairwise",
+    assert main(["serve", "--superlink", "10.0.0.5:9093", "--clients", "4", "--secure-agg", "pairwise",
                  "--directory", str(federation["root"] / "keys" / "directory.json"), "--out", str(out),
                  "--flower-home", str(tmp_path / "home"), "--dry-run"]) == 0
     text = capsys.readouterr().out
@@ -195,7 +220,7 @@ def test_serve_and_client_assemble_flower_commands(tmp_path, capsys, federation)
     for argv, needle in ((["serve", "--clients", "3"], "--superlink"),
                          (["serve", "--superlink", "x:1", "--clients", "2", "--client-data", "a", "b"],
                           "--client-data"),
-                         (["serve", "--superlink", "x:1", "--clients", "3", "--secure-agg", "he"], "--directory"),
+                         (["serve", "--superlink", "x:1", "--clients", "4", "--secure-agg", "he"], "--directory"),
                          (["serve", "--simulation", "--clients", "3", "--dp-noise", "skellam", "--dp-lambda", "5"],
                           "--dp-noise"),
                          (["client", "--superlink", "x:1"], "--client-id"),
@@ -211,12 +236,12 @@ def test_a_deployed_client_never_takes_its_keys_or_role_from_the_server(tmp_path
     node (it names itself) keeps its own keys, or none, and its own role."""
     from secprune.flower.node import ClientNode
 
-    cfg = PruneConfig(clients=2, secure_agg="he").validate()
+    cfg = PruneConfig(clients=4, secure_agg="he", secagg_colluders="0").validate()
     served = str(tmp_path / "server-chosen-keys")
     deployed = ClientNode(cfg=cfg, node_config={"client-id": 2, "partition-id": 2, "num-partitions": 3,
                                                 "state-dir": str(tmp_path / "a")}, run_id=1, run_keys=served)
     assert deployed.keys is None and deployed.role == "client"
-    simulated = ClientNode(cfg=cfg, node_config={"partition-id": 2, "num-partitions": 3,
+    simulated = ClientNode(cfg=cfg, node_config={"partition-id": 4, "num-partitions": 5,
                                                  "state-dir": str(tmp_path / "b")}, run_id=1, run_keys=served)
     assert simulated.keys == Path(served) and simulated.role == "keyholder"
 
@@ -227,3 +252,78 @@ def test_the_server_logs_only_known_timing_fields_from_a_client():
     sent = json.dumps({"model_load_s": 1.5, "prune_s": "2", "upload_s": 0.25, "text": "a client's secret"})
     assert _timing(sent) == {"model_load_s": 1.5, "prune_s": 2.0, "upload_s": 0.25}
     assert _timing("not json") == {} and _timing("[1, 2]") == {} and _timing('{"prune_s": "x"}') == {}
+
+
+def test_the_node_kinds_are_the_strategies_kinds():
+    from secprune.flower.node import KINDS, build_strategy
+    from secprune.strategies.base import Task
+
+    for algo, extra in (("fedprllm", {}), ("fedspallm", {"algorithm": "fedspallm"})):
+        cfg = PruneConfig(clients=4, secure_agg="pairwise", secagg_colluders="0", **extra).validate()
+        kinds = build_strategy(cfg, secure=True).kinds(Task(step=0, round=0, layer=0, clients=[]))
+        assert tuple(k.name for k in kinds) == KINDS[algo]
+
+
+def _node(federation, tmp_path, secure="none", **node):
+    from secprune.flower.client_app import handle
+    from secprune.flower.node import build_strategy, task_spec
+
+    cfg = PruneConfig(model=str(federation["model"]), client_data=federation["files"], nsamples=6, seqlen=16,
+                      secure_agg=secure, eval=[], baselines=[],
+                      secagg_colluders="0" if secure != "none" else None).validate()
+    run_config = run_config_from(cfg, directory=str(federation["root"] / "keys" / "directory.json"))
+    config = {"client-id": 0, "data": federation["files"][0], "keys": str(federation["root"] / "keys"),
+              "state-dir": str(tmp_path / "s0"), "secagg-colluders": "0"} | node
+    tasks = json.dumps([task_spec(t) for t in build_strategy(cfg, secure=secure != "none").tasks(n_layers=2)])
+    return (lambda stage, content: handle(stage, content, run_config=run_config, node_config=config, run_id=7)), tasks
+
+
+def test_server_supplied_names_never_become_paths(federation, tmp_path):
+    """A server naming a matrix '../../x' or a kind '../mask' reads nothing outside the node's state folder: the
+    ClientApp refuses, and a refused stage deletes the node's state of the run."""
+    from secprune.errors import UsageError
+
+    call, tasks = _node(federation, tmp_path)
+    outside = tmp_path / "s0" / "secret.npy"
+    outside.parent.mkdir(parents=True)
+    np.save(outside, np.ones(3))
+    for names in (["../../secret"], ["layers.0.self_attn.q_proj/../../../secret"], ["./layers.0.self_attn.q_proj"]):
+        with pytest.raises(ValueError, match="matrix name"):
+            call("step", {"tasks": tasks, "mask/names": json.dumps(names)})
+        assert not list((tmp_path / "s0").glob("run-*"))  # the refused run's state is gone
+    call, _ = _node(federation, tmp_path, secure="pairwise")
+    with pytest.raises(UsageError, match="vector kind '../mask'"):
+        call("advertise", {"../mask/msg": b"x"})
+    assert outside.exists()
+
+
+def test_a_tampered_directory_is_refused_on_the_flower_path(federation, tmp_path):
+    import shutil
+
+    keys = tmp_path / "keys"
+    shutil.copytree(federation["root"] / "keys", keys)
+    text = (keys / "directory.json").read_text()
+    first = json.loads(text)["keys"]["1"]
+    (keys / "directory.json").write_text(text.replace(first, "00" * 32))  # client 1's key swapped
+    call, _ = _node(federation, tmp_path, secure="pairwise", keys=str(keys))
+    from secprune.errors import UsageError
+
+    with pytest.raises(UsageError, match="keys: .*does not verify"):
+        call("advertise", {"mask/msg": b"x"})
+    call, _ = _node(federation, tmp_path, secure="pairwise", keys=str(federation["root"] / "keys"),
+                    authority="11" * 32)  # pinned to another authority
+    with pytest.raises(UsageError, match="not signed by the expected authority"):
+        call("advertise", {"mask/msg": b"x"})
+
+
+def test_a_second_run_cannot_ask_a_node_for_the_same_inputs(federation, tmp_path):
+    """The ledger lives beside the runs in each node's state folder: a new run (new run id, new session) that
+    asks for the same masks finds every client refusing, and nothing is summed twice."""
+    run, result, _ = distributed(federation, "one-shot", "pairwise", tmp_path)
+    assert result["clients_at_end"] == [0, 1, 2, 3]
+    for i in range(4):
+        assert (tmp_path / f"s{i}" / "ledger.json").is_file()
+    with pytest.raises(SecAggAbortError, match="client 0 at step: .*the input layers.0.* was already released"):
+        distributed(federation, "one-shot", "pairwise", tmp_path, run_id=2)
+    with pytest.raises(SecAggAbortError, match="already released"):  # the HE backend keeps the same ledger
+        distributed(federation, "one-shot", "he", tmp_path, run_id=3)

@@ -17,7 +17,7 @@ from secprune.cli import main  # noqa: E402
 from secprune.flower.localhost import Deployment  # noqa: E402
 from secprune.masks import MaskSet  # noqa: E402
 
-from .test_flower import FLAGS, simulate  # noqa: E402
+from .test_flower import COLLUDERS, FLAGS, simulate, threat_flags  # noqa: E402
 
 pytestmark = pytest.mark.deployment
 BASE = ["--nsamples", "6", "--seqlen", "16", "--eval", "--stage-timeout", "180"]
@@ -25,16 +25,16 @@ BASE = ["--nsamples", "6", "--seqlen", "16", "--eval", "--stage-timeout", "180"]
 
 def start(fed, tmp_path, secure, **kw) -> Deployment:
     keys = str(fed["root"] / "keys")
-    clients = [["--client-id", str(i), "--client-data", f, "--keys", keys, "--state-dir", str(tmp_path / f"s{i}")]
-               + kw.pop(f"extra{i}", []) for i, f in enumerate(fed["files"])]
+    clients = [["--client-id", str(i), "--client-data", f, "--keys", keys, "--state-dir", str(tmp_path / f"s{i}"),
+                *COLLUDERS] + kw.pop(f"extra{i}", []) for i, f in enumerate(fed["files"])]
     if secure == "he":
-        clients.append(["--key-holder", "--keys", keys, "--state-dir", str(tmp_path / "sk")])
+        clients.append(["--key-holder", "--keys", keys, "--state-dir", str(tmp_path / "sk"), *COLLUDERS])
     return Deployment(tmp_path / "deploy", clients, **kw).start()
 
 
 def serve(dep, fed, algo, secure, out, *, timeout=900):
-    args = ["--model", str(fed["model"]), "--clients", "3", *BASE, "--secure-agg", secure, *FLAGS[algo],
-            "--out", str(out)]
+    args = ["--model", str(fed["model"]), "--clients", "4", *BASE, "--secure-agg", secure, *threat_flags(secure),
+            *FLAGS[algo], "--out", str(out)]
     if secure != "none":
         args += ["--directory", str(fed["root"] / "keys" / "directory.json")]
     return dep.serve(args, timeout=timeout)
@@ -65,7 +65,7 @@ def test_deployment_equals_simulation(federation, tmp_path, algo, secure):
     log = json.loads((tmp_path / "out" / "log.json").read_text())
     flower = log["wire"]["flower_bytes"]
     protocol = log["wire"]["protocol_bytes"]
-    for c in ("0", "1", "2"):  # Flower's messages carry our protocol bytes plus its own framing
+    for c in ("0", "1", "2", "3"):  # Flower's messages carry our protocol bytes plus its own framing
         assert sum(flower[c].values()) >= sum(protocol[c].values()) > 0
 
 
@@ -95,8 +95,8 @@ def test_supernode_killed_after_upload_is_recovered(federation, tmp_path):
         dep.stop()
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["calibration"]["clients_at_end"] == [0, 1]  # client 2 was gone ...
-    assert identical(sim, tmp_path / "out")  # ... but its upload counted: the same mask as all three
+    assert summary["calibration"]["clients_at_end"] == [0, 1, 3]  # client 2 was gone ...
+    assert identical(sim, tmp_path / "out")  # ... but its upload counted: the same mask as all four
 
 
 def test_below_threshold_aborts_cleanly(federation, tmp_path):
@@ -137,7 +137,7 @@ def test_flower_simulation_engine_equals_in_process(tiny_folder, tmp_path):
     import sys
 
     done = subprocess.run([sys.executable, "-m", "secprune", "serve", "--simulation", *common, "--secure-agg",
-                           "pairwise", "--directory", str(tmp_path / "keys" / "directory.json"), "--keys",
+                           "pairwise", *COLLUDERS, "--directory", str(tmp_path / "keys" / "directory.json"), "--keys",
                            str(tmp_path / "keys"), "--out", str(tmp_path / "out"), "--flower-home",
                            str(tmp_path / "home")], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -61,21 +61,25 @@ def test_without_quiet_people_get_stderr_and_stdout_stays_json(tiny_folder, clie
     assert json.loads(captured.out)["out"] == str(out)
 
 
-def test_keys_folder_feeds_a_pairwise_run(tiny_folder, client_files, tmp_path, capsys):
+def test_keys_folder_feeds_a_pairwise_run(tiny_folder, federation, tmp_path, capsys):
     import os
     import stat
 
     from secprune.secagg.identity import load_identities
 
     keys = tmp_path / "keys"
-    assert main(["keys", "--clients", "2", "--out", str(keys), "--quiet"]) == 0
+    assert main(["keys", "--clients", "4", "--out", str(keys), "--quiet"]) == 0
     directory, identities = load_identities(keys)
-    assert sorted(identities) == [0, 1] and stat.S_IMODE(os.stat(keys).st_mode) == 0o700
+    assert sorted(identities) == [0, 1, 2, 3] and stat.S_IMODE(os.stat(keys).st_mode) == 0o700
+    assert directory.signature is not None and (keys / "authority.pub").is_file()  # signed by a fresh authority
     out = tmp_path / "run"
-    assert main(["prune", "--model", str(tiny_folder), "--client-data", *client_files, *SMALL, "--baselines",
-                 "--secure-agg", "pairwise", "--secagg-keys", str(keys), "--out", str(out), "--quiet"]) == 0
+    files = federation["files"]
+    assert main(["prune", "--model", str(tiny_folder), "--client-data", *files, *SMALL, "--baselines",
+                 "--secure-agg", "pairwise", "--secagg-colluders", "0", "--secagg-keys", str(keys), "--out", str(out),
+                 "--quiet"]) == 0
     capsys.readouterr()
-    assert main(["prune", "--model", str(tiny_folder), "--client-data", *client_files, *SMALL, "--baselines",
-                 "--secure-agg", "pairwise", "--secagg-keys", str(tmp_path / "nope"), "--out", str(tmp_path / "r2"),
+    assert main(["prune", "--model", str(tiny_folder), "--client-data", *files, *SMALL, "--baselines",
+                 "--secure-agg", "pairwise", "--secagg-colluders", "0", "--secagg-keys", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "r2"),
                  "--quiet"]) == 2
     assert "--secagg-keys" in capsys.readouterr().err

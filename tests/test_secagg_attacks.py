@@ -18,6 +18,7 @@ from secprune.secagg.identity import IdentityKey, KeyDirectory
 from secprune.secagg.messages import HEADER, SERVER, Header, MsgType, encode
 from secprune.secagg.pairwise_client import CHUNK_HEAD, PairwiseClient
 from secprune.secagg.pairwise_server import PairwiseServer
+from secprune.secagg.params import pairwise_parameters, threat
 from secprune.secagg.prg import MaskPRG
 from secprune.secagg.ring import ring_bits, ring_dtype, ring_mask, unpack
 from secprune.secagg.session import SessionConfig
@@ -26,25 +27,33 @@ from secprune.secagg.session import SessionConfig
 class Federation:
     """n clients and a server driven step by step; tests intercept, alter or forge messages in between."""
 
-    def __init__(self, n, *, degree=None, threshold=None, lengths=(("m", 32),), epochs=None, chunk=64,
-                 client_class=PairwiseClient):
-        from secprune.secagg.params import pairwise_parameters
-
+    def __init__(self, n, *, degree=None, threshold=None, colluders=0, dropouts=0, lengths=(("m", 32),), epochs=None,
+                 chunk=64, client_class=PairwiseClient):
         self.ids = {i: IdentityKey.generate() for i in range(n)}
         self.directory = KeyDirectory({i: k.public for i, k in self.ids.items()})
-        degree, threshold = pairwise_parameters(n_clients=n, neighbours=degree, threshold=threshold)
+        self.threat = threat(n, colluders=colluders, dropouts=dropouts)
+        degree, threshold = pairwise_parameters(n_clients=n, threat=self.threat, threshold=threshold,
+                                                neighbours=n - 1 if degree is None else degree)  # None: complete
         self.n, self.t = n, threshold
         self.server = PairwiseServer(directory=self.directory, bits=ring_bits(n_clients=n, max_value=1),
-                                     max_value=1, threshold=threshold, degree=degree, graph_seed=5,
-                                     epochs=epochs or [lengths], chunk_entries=chunk)
-        self.clients = [client_class(i, identity=self.ids[i], directory=self.directory) for i in range(n)]
-        self.graph = self.server.graph
+                                     max_value=1, threshold=threshold, degree=degree,
+                                     min_contributors=self.threat.min_contributors, epochs=epochs or [lengths],
+                                     threat=self.threat, chunk_entries=chunk)
+        self.clients = [client_class(i, identity=self.ids[i], directory=self.directory, threat=self.threat)
+                        for i in range(n)]
         self.vectors = {}
+
+    @property
+    def graph(self):
+        return self.server.graph
 
     def advertise(self, skip=()):
         for i, msg in self.server.session_messages().items():
             if i not in skip:
                 self.server.receive_advertisement(self.clients[i].join(msg))
+        if self.server.cfg.degree:  # the graph: committed nonces, revealed
+            for i, msg in self.server.commits().items():
+                self.server.receive_reveal(self.clients[i].reveal(msg))
         self.rosters = self.server.rosters()
 
     def bundles(self, skip=()):
@@ -55,16 +64,34 @@ class Federation:
         self.routes = self.server.close_shares()
         return self.routes
 
-    def share(self, skip=()):
-        self.bundles(skip)
+    def deliver(self):
+        """Every routed SHARE to its holder, then each holder's (signed) acknowledgement to the server."""
         for i, blobs in self.routes.items():
             for blob in blobs:
                 self.clients[i].receive_share(blob)
+            self.server.receive_ack(self.clients[i].acknowledge())
+
+    def settle(self):
+        """Close the acknowledgements, let accused dealers open their shares, deliver CONFIRM."""
+        confirms = self.server.close_acks()
+        if self.server._stage == "open":
+            for v, msg in confirms.items():
+                self.server.receive_open(self.clients[v].open_shares(msg))
+            confirms = self.server.close_open()
+        for i, msg in confirms.items():
+            if i in self.server.accepted:
+                self.clients[i].confirm(msg)
+        return confirms
+
+    def share(self, skip=()):
+        self.bundles(skip)
+        self.deliver()
+        self.settle()
 
     def upload(self, epoch=0, skip=(), seed=0):
         rng = np.random.default_rng(seed)
         lengths = dict(self.server.cfg.epochs[epoch])
-        for i in self.server.sharers:
+        for i in self.server.accepted:
             self.vectors[(epoch, i)] = {m: rng.integers(0, 2, n).astype(np.uint8) for m, n in lengths.items()}
             if i not in skip:
                 for msg in self.clients[i].upload(epoch, lambda name, i=i: self.vectors[(epoch, i)][name]):
@@ -176,16 +203,28 @@ def test_survivors_must_be_neighbours_that_delivered_shares():
     fed.advertise()
     fed.share(skip=[6])  # client 6 never delivered shares
     fed.upload()
-    with pytest.raises(ProtocolError, match=r"survivors \[6\] are neighbours that never delivered shares"):
+    with pytest.raises(ProtocolError, match=r"survivors \[6\] were not among the accepted sharers"):
         fed.clients[0].sign_survivors(_survivors_msg(fed, 0, list(range(7))))
+    fed2 = Federation(7, threshold=5)
+    fed2.advertise()
+    fed2.bundles()
+    lost = [b for b in fed2.routes[0] if int.from_bytes(b[12:16], "big") == 6]
+    fed2.routes[0] = [b for b in fed2.routes[0] if b not in lost]  # the server withholds 6's share from 0
+    fed2.deliver()
+    confirms = fed2.server.close_acks()
+    with pytest.raises(ProtocolError, match=r"accepted neighbours \[6\] never delivered valid shares"):
+        fed2.clients[0].confirm(confirms[0])
 
 
 # -- rosters and keys -------------------------------------------------------------------------------------------
 
 def _roster(fed, receiver, ids):
+    reveals = fed.server._reveals  # a sparse graph's ROSTER opens with every member's nonce
+    head = (len(reveals).to_bytes(4, "big") + b"".join(u.to_bytes(4, "big") + r for u, r in sorted(reveals.items()))
+            if fed.server.cfg.degree else b"")
     body = b"".join(v.to_bytes(4, "big") + fed.server._adverts[v] for v in ids)
     return encode(MsgType.ROSTER, round_id=fed.server.cfg.session_id, sender=SERVER, receiver=receiver,
-                  payload=len(ids).to_bytes(4, "big") + body)
+                  payload=head + len(ids).to_bytes(4, "big") + body)
 
 
 @pytest.mark.parametrize("n, k", [(16, 4), (64, 8)])
@@ -209,10 +248,14 @@ def test_roster_inflation_with_non_neighbours_is_refused(n, k):
 def _arc_attack(fed, gaps):
     """Fake the dropout of the clients at ring positions ``gaps`` (their uploads are ignored) so that the
     survivors fall into two arcs; returns (arc, upload messages, survivors' plaintext)."""
-    order = [int(v) for v in np.random.default_rng(fed.server.cfg.graph_seed).permutation(fed.n)]  # the ring
+    from secprune.secagg.crypto import graph_seed
+    from secprune.secagg.graph import ring_order
+
+    fed.advertise()
+    seed = graph_seed(fed.server._reveals, session=fed.server.cfg.digest)
+    order = ring_order(sorted(fed.server._reveals), seed)  # the ring, drawn from every client's nonce
     fake_dropped = {order[p] for p in gaps}
     arc = [order[p] for p in range(gaps[1] + 1, gaps[2])]  # between the two gaps
-    fed.advertise()
     fed.share()
     uploads = {}
     for i in range(fed.n):
@@ -251,9 +294,13 @@ def test_faked_dropouts_cannot_cut_the_sparse_ring_at_the_safe_threshold():
 def test_below_the_safe_threshold_the_same_attack_leaks_an_arc_sum(monkeypatch):
     """The same attack with t = 3 = k/2 + 1 (refused by check_options; forced here) gives the server the exact
     sum of the arc: the reason the code refuses t < k/2 + 2."""
+    import secprune.secagg.pairwise_client as pc
     import secprune.secagg.params as params
+    import secprune.secagg.session as session
 
-    monkeypatch.setattr(params, "min_threshold", lambda *, holders, degree: holders // 2 + 1)
+    for module in (pc, session):  # every party accepts what it would refuse
+        monkeypatch.setattr(module, "check_pairwise", lambda **kw: None)
+    monkeypatch.setattr(params, "sparse_bounds", lambda n, k, t: (3, k + 1))
     fed = Federation(16, degree=4, threshold=3, lengths=(("m", 2000),), chunk=4096)
     arc, uploads, dropped = _arc_attack(fed, gaps=[0, 1, 8, 9])
     fed.consistency()
@@ -290,25 +337,29 @@ def test_substituted_keys_are_refused():
 def test_server_cannot_use_another_directory_or_an_unsafe_configuration():
     fed = Federation(4, threshold=3)
     other = KeyDirectory({i: IdentityKey.generate().public for i in range(4)})
-    rogue = PairwiseServer(directory=other, bits=3, max_value=1, threshold=3, degree=None, graph_seed=0,
-                           epochs=[(("m", 8),)])
+    rogue = PairwiseServer(directory=other, bits=3, max_value=1, threshold=3, degree=None, min_contributors=3,
+                           epochs=[(("m", 8),)], threat=fed.threat)
     with pytest.raises(ProtocolError, match="client 0 .*refused: .*another key directory"):
         fed.clients[0].join(rogue.session_messages()[0])
     cfg = fed.server.cfg
     from dataclasses import replace
 
-    for unsafe, match in ((replace(cfg, threshold=2), "below the safe level 3"), (replace(cfg, bits=1), "ring")):
+    for unsafe, match in ((replace(cfg, threshold=2), "below the safe level 3"), (replace(cfg, bits=1), "ring"),
+                          (replace(cfg, min_contributors=2), "at least 2 contributors per sum, below this client's 3"),
+                          (replace(cfg, epochs=((("m", 8),), (("m", 8),))), "names m twice"),
+                          (replace(cfg, epochs=((("../mask/m", 8),),)), "no '/'"),
+                          (replace(cfg, epochs=((("./m", 8),),)), "no '/'")):
         msg = encode(MsgType.SESSION, round_id=unsafe.session_id, sender=SERVER, receiver=1, payload=unsafe.encode())
         with pytest.raises(ProtocolError, match=f"client 1 .*refused: .*{match}"):
             fed.clients[1].join(msg)
 
 
 def test_clients_shown_different_configurations_cannot_complete():
-    """Client 0 gets another graph seed than its neighbours; its signed keys do not verify for them."""
+    """Client 0 gets another configuration than its neighbours; its signed keys do not verify for them."""
     from dataclasses import replace
 
     fed = Federation(5, threshold=4)
-    twisted = replace(fed.server.cfg, graph_seed=99)
+    twisted = replace(fed.server.cfg, chunk_entries=128)
     msg = encode(MsgType.SESSION, round_id=twisted.session_id, sender=SERVER, receiver=0, payload=twisted.encode())
     adv0 = fed.clients[0].join(msg)
     for i, m in fed.server.session_messages().items():
@@ -395,7 +446,7 @@ class PlusFive(PairwiseClient):
 
 def test_out_of_range_sum_from_a_malicious_client_is_refused():
     fed = Federation(8, threshold=6)
-    fed.clients[3] = PlusFive(3, identity=fed.ids[3], directory=fed.directory)
+    fed.clients[3] = PlusFive(3, identity=fed.ids[3], directory=fed.directory, threat=fed.threat)
     fed.advertise()
     fed.share()
     for i in range(8):  # everyone votes 1 at entry 0: the true sum there is 8 = |U3|, client 3 makes it 13
@@ -482,14 +533,17 @@ def test_replayed_and_early_messages_are_rejected():
 
 def test_messages_of_another_session_and_truncated_messages_are_rejected():
     old, new = Federation(4, threshold=3), Federation(4, threshold=3)
-    for fed in (old, new):
-        fed.advertise()
-        fed.share()
+    old.advertise()
+    old.share()
+    new.advertise()
+    new.bundles()
+    with pytest.raises(ProtocolError, match="from round"):
+        new.clients[1].receive_share(old.routes[1][0])
+    new.deliver()
+    new.settle()
     (old_chunk,) = list(old.clients[0].upload(0, lambda name: np.ones(32, np.uint8)))
     with pytest.raises(ProtocolError, match="from round"):
         new.server.receive_masked(old_chunk)
-    with pytest.raises(ProtocolError, match="from round"):
-        new.clients[1].receive_share(old.routes[1][0])
     (chunk,) = list(new.clients[0].upload(0, lambda name: np.ones(32, np.uint8)))
     with pytest.raises(ProtocolError):
         new.server.receive_masked(chunk[:-3])
@@ -499,34 +553,132 @@ def test_messages_of_another_session_and_truncated_messages_are_rejected():
 
 
 def test_tampered_or_misrouted_shares_are_rejected():
+    """A SHARE altered on the way (commitment, ephemeral key, ciphertext, tag or the dealer's signature) fails
+    the dealer's signature: the holder rejects it outright (no complaint: the dealer did not send it)."""
     fed = Federation(4, threshold=3)
     fed.advertise()
     routes = fed.bundles()
-    for position in (HEADER.size + 3, -1, -20):  # in a commitment (AD), the tag, the ciphertext
+    for position in (HEADER.size + 3, HEADER.size + 33, -70, -65, -1):  # commitment, epk, ciphertext, tag, signature
         blob = bytearray(routes[1][0])
         blob[position] ^= 0x01
-        with pytest.raises(ProtocolError, match="authentication failed"):
+        with pytest.raises(ProtocolError, match="client 1 .*SHARE claiming to be from client \\d is not signed by it"):
             fed.clients[1].receive_share(bytes(blob))
+    assert not fed.clients[1]._complaints
     blob = bytearray(routes[1][0])
     blob[16:20] = (2).to_bytes(4, "big")  # addressed to another client
     with pytest.raises(ProtocolError, match="addressed"):
         fed.clients[1].receive_share(bytes(blob))
 
 
-def test_dealer_whose_shares_do_not_match_its_commitments_is_named(monkeypatch):
+def _corrupt_dealer(monkeypatch, dealer, holder):
+    """Make ``dealer`` commit to garbage for its shares to ``holder`` (the SHARE is still signed by it)."""
     import secprune.secagg.pairwise_client as pc
 
     real = pc.share_commitment
-    monkeypatch.setattr(pc, "share_commitment", lambda share, **kw: bytes(16) if kw["owner"] == 3 and kw[
-        "holder"] == 1 else real(share, **kw))
-    fed = Federation(4, threshold=3)
+    monkeypatch.setattr(pc, "share_commitment", lambda share, **kw: bytes(16) if (kw["owner"], kw["holder"]) == (
+        dealer, holder) else real(share, **kw))
+    return lambda: monkeypatch.setattr(pc, "share_commitment", real)
+
+
+def test_a_dealer_of_a_bad_share_is_excluded_and_the_sum_completes(monkeypatch):
+    """Client 3 deals holder 1 shares that miss the commitments it signed them with.  Holder 1 does not abort:
+    it complains (signed, quoting the SHARE); client 3 opens that one message; the server replays the checks,
+    excludes client 3 naming why, and the others' sum completes (before, one dealer stopped every session)."""
+    fed = Federation(6, threshold=4)
     fed.advertise()
-    routes = fed.bundles()
-    monkeypatch.setattr(pc, "share_commitment", real)
-    (from3,) = [b for b in routes[1] if int.from_bytes(b[12:16], "big") == 3]
-    with pytest.raises(ProtocolError, match="client 3 sent shares that do not match the commitments .*client 3 "
-                                            "misbehaved"):
-        fed.clients[1].receive_share(from3)
+    restore = _corrupt_dealer(monkeypatch, dealer=3, holder=1)
+    fed.bundles()
+    restore()
+    fed.deliver()
+    assert set(fed.clients[1]._complaints) == {3}
+    fed.settle()
+    assert fed.server.exclusions() == {3: "a share it dealt failed its holder's checks"}
+    assert fed.server.accepted == [0, 1, 2, 4, 5]
+    with pytest.raises(SecAggAbortError, match="client 3 .*excluded this client from the session \\(a share it dealt"):
+        fed.clients[3].confirm(encode(MsgType.CONFIRM, round_id=fed.server.cfg.session_id, sender=SERVER, receiver=3,
+                                      payload=fed.server._confirm_body()))
+    fed.upload()
+    fed.consistency()
+    fed.unmask()
+    np.testing.assert_array_equal(fed.server.finish()["m"], fed.expected())
+    assert 3 not in fed.server.uploaded
+
+
+class FalseAccuser(PairwiseClient):
+    """A malicious holder that complains about client 4's share although it checked out."""
+
+    def receive_share(self, message):
+        super().receive_share(message)
+        dealer = int.from_bytes(message[12:16], "big")
+        if dealer == 4:
+            del self._held[4]
+            self._complaints[4] = message
+
+
+def test_a_false_complaint_excludes_the_complainer():
+    """Holder 2 complains about client 4's good share: the opening shows the share is good, so client 2 is the
+    one excluded (not obeyed); the others finish."""
+    fed = Federation(6, threshold=4)
+    fed.clients[2] = FalseAccuser(2, identity=fed.ids[2], directory=fed.directory, threat=fed.threat)
+    fed.advertise()
+    fed.share()
+    assert fed.server.exclusions() == {2: "it complained about a good share"}
+    fed.upload()
+    fed.consistency()
+    fed.unmask()
+    np.testing.assert_array_equal(fed.server.finish()["m"], fed.expected())
+    assert fed.server.uploaded == [0, 1, 3, 4, 5]
+
+
+def test_an_accused_dealer_that_does_not_open_is_excluded(monkeypatch):
+    fed = Federation(6, threshold=4)
+    fed.advertise()
+    restore = _corrupt_dealer(monkeypatch, dealer=0, holder=5)
+    fed.bundles()
+    restore()
+    fed.deliver()
+    requests = fed.server.close_acks()
+    assert set(requests) == {0}  # only the accused dealer is asked, and it stays silent
+    confirms = fed.server.close_open()
+    assert fed.server.exclusions() == {0: "it did not open a share it was accused of"}
+    for i, msg in confirms.items():
+        if i in fed.server.accepted:
+            fed.clients[i].confirm(msg)
+    fed.upload()
+    fed.consistency()
+    fed.unmask()
+    np.testing.assert_array_equal(fed.server.finish()["m"], fed.expected())
+
+
+def test_a_dealer_opens_only_for_a_signed_complaint_about_its_own_message(monkeypatch):
+    """An opening reveals one share: a server may not obtain it with a complaint it forged, one it replays, or one
+    about a message the dealer never sent."""
+    fed = Federation(5, threshold=4)
+    fed.advertise()
+    restore = _corrupt_dealer(monkeypatch, dealer=1, holder=0)
+    fed.bundles()
+    restore()
+    fed.deliver()
+    request = fed.server.close_acks()[1]
+    ack = fed.server._acks[0]
+    forged = bytearray(ack)
+    forged[-1] ^= 1  # not client 0's signature any more
+    body = len(forged).to_bytes(4, "big") + bytes(forged)
+    bad = encode(MsgType.OPEN_REQUEST, round_id=fed.server.cfg.session_id, sender=SERVER, receiver=1,
+                 payload=(1).to_bytes(4, "big") + body)
+    with pytest.raises(ProtocolError, match="client 1 .*complaint attributed to client 0 is not signed by it"):
+        fed.clients[1].open_shares(bad)
+    other = fed.server._acks[2]  # client 2 signed an empty acknowledgement: it names no SHARE of client 1
+    bad = encode(MsgType.OPEN_REQUEST, round_id=fed.server.cfg.session_id, sender=SERVER, receiver=1,
+                 payload=(1).to_bytes(4, "big") + len(other).to_bytes(4, "big") + other)
+    with pytest.raises(ProtocolError, match="client 2's complaint does not name the SHARE this client sent it"):
+        fed.clients[1].open_shares(bad)
+    opened = fed.clients[1].open_shares(request)
+    with pytest.raises(ProtocolError, match="opened already"):
+        fed.clients[1].open_shares(request)
+    fed.server.receive_open(opened)
+    fed.server.close_open()
+    assert fed.server.exclusions() == {1: "a share it dealt failed its holder's checks"}
 
 
 def test_dealer_with_inconsistent_shares_is_named_at_reconstruction(monkeypatch):
@@ -590,7 +742,7 @@ def test_out_of_order_chunk_is_rejected():
 def test_revealing_one_epochs_mask_key_does_not_unmask_another_epoch():
     """Client 3 skips epoch 0 (the server rebuilds its epoch-0 mask key) and uploads in epoch 1 (the server
     rebuilds its epoch-1 self-mask seed).  With both, the server still cannot strip client 3's epoch-1 upload."""
-    fed = Federation(5, threshold=4, epochs=[(("m", 4000),), (("m", 4000),)], chunk=4096)
+    fed = Federation(5, threshold=4, epochs=[(("m0", 4000),), (("m1", 4000),)], chunk=4096)
     fed.advertise()
     fed.share()
     fed.upload(epoch=0, skip=[3])
@@ -606,7 +758,7 @@ def test_revealing_one_epochs_mask_key_does_not_unmask_another_epoch():
     upload = {}
     rng = np.random.default_rng(1)
     for i in range(5):
-        fed.vectors[(1, i)] = {"m": rng.integers(0, 2, 4000).astype(np.uint8)}
+        fed.vectors[(1, i)] = {"m1": rng.integers(0, 2, 4000).astype(np.uint8)}
         (upload[i],) = list(fed.clients[i].upload(1, lambda name, i=i: fed.vectors[(1, i)][name]))
     b_shares = np.stack([fed.clients[h]._held[3][2] for h in holders])[:, None, :]  # b-shares, epoch 1
     b_seed = bytes(shamir.combine(xs=[h + 1 for h in holders], shares=b_shares)[0])
@@ -618,7 +770,7 @@ def test_revealing_one_epochs_mask_key_does_not_unmask_another_epoch():
         key = pair_mask_key(epoch0_key, fed.server._mask_pk(v, 1), u=3, v=v, session=cfg.digest, epoch=1)
         (prg.sub if 3 < v else prg.add)(y, key)
     y &= y.dtype.type(ring_mask(cfg.bits))
-    assert (y == fed.vectors[(1, 3)]["m"]).mean() < 0.4  # chance level 1/8, not the input
+    assert (y == fed.vectors[(1, 3)]["m1"]).mean() < 0.4  # chance level 1/8, not the input
 
 
 # -- dropouts of holders below t in a sparse graph, honest run sanity ---------------------------------------

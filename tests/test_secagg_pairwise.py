@@ -10,7 +10,6 @@ from scipy.stats import chisquare
 
 from secprune.secagg import make_summer
 from secprune.secagg.errors import SecAggAbortError
-from secprune.secagg.graph import neighbour_graph
 from secprune.secagg.messages import HEADER, MsgType
 from secprune.secagg.pairwise import PairwiseSession, PairwiseSum
 from secprune.secagg.pairwise_client import CHUNK_HEAD
@@ -44,8 +43,9 @@ def _sent(summer, mtype, sender=None):
 
 
 @pytest.mark.parametrize("n, length, opts", [
-    (1, 50, {}), (2, 33, {}), (3, 1000, {}), (7, 257, {"neighbours": 4}), (12, 999, {"neighbours": "log"}),
-    (10, 100, {"neighbours": 4, "cipher": "chacha20", "aead": "chacha20-poly1305"}),
+    (3, 1000, {"colluders": 0}), (5, 300, {}), (7, 257, {"neighbours": 4, "colluders": 0}),
+    (12, 999, {"colluders": 0}), (16, 301, {}),
+    (10, 100, {"neighbours": 4, "colluders": 0, "cipher": "chacha20", "aead": "chacha20-poly1305"}),
     (6, 1000, {"chunk_entries": 64}),
 ])
 def test_sum_equals_plaintext_sum(n, length, opts):
@@ -92,8 +92,8 @@ def test_one_session_sums_a_whole_model_in_chunks():
 
 def test_multi_epoch_session_sums_each_epoch_with_one_setup():
     n, rng = 6, np.random.default_rng(3)
-    epochs = [("layers.0", {"a": 50, "b": 20}), ("layers.1", {"a": 70}), ("layers.2", {"c": 5})]
-    summer = RecordingSum(n_clients=n, threshold=4,
+    epochs = [("layers.0", {"l0.a": 50, "l0.b": 20}), ("layers.1", {"l1.a": 70}), ("layers.2", {"l2.c": 5})]
+    summer = RecordingSum(n_clients=n, threshold=4, colluders=0,
                           dropouts=lambda key: {"upload": [5]} if key == "layers.1" else None)
     session = summer.open_session("model", epochs)
     for e, (_, lengths) in enumerate(epochs):
@@ -108,12 +108,19 @@ def test_multi_epoch_session_sums_each_epoch_with_one_setup():
 
 
 def test_fresh_masks_every_session():
-    vector = [np.ones(2000, np.uint8)] * 3
-    summer = RecordingSum(n_clients=3)
-    summer.sum("a", vector)
-    summer.sum("a", vector)
+    """Two sessions mask with independent keys: the difference of two uploads is not the difference of the
+    inputs (with one mask reused it would be, exactly), and it is uniform on the ring."""
+    rng = np.random.default_rng(0)
+    first, second = _vectors(rng, 3, 4000), _vectors(rng, 3, 4000)
+    summer = RecordingSum(n_clients=3, colluders=0)
+    summer.sum("a", first)
+    summer.sum("a", second)
     uploads = _sent(summer, MsgType.MASKED, sender=0)
-    assert len(uploads) == 2 and uploads[0][HEADER.size:] != uploads[1][HEADER.size:]
+    start = HEADER.size + CHUNK_HEAD.size
+    y = [unpack(m[start:-16], summer.bits, 4000).astype(np.int64) for m in uploads]
+    diff = (y[0] - y[1]) % 2**summer.bits
+    assert not np.array_equal(diff, (first[0].astype(np.int64) - second[0]) % 2**summer.bits)
+    assert chisquare(np.bincount(diff, minlength=2**summer.bits)).pvalue > 1e-4
     assert set(summer.stats()["per_round"]) == {"a", "a#2"}
 
 
@@ -130,7 +137,8 @@ def test_dropouts_recover_exact_survivor_sum(schedule, neighbours):
     n = 9
     vectors = _vectors(np.random.default_rng(7), n, 500)
     threshold = 6 if neighbours is None else 5  # holders: 9 (complete) or 7 (degree 6): 3 or 2 dropouts tolerated
-    summer = make_summer("pairwise", n_clients=n, neighbours=neighbours, threshold=threshold, dropouts=schedule)
+    summer = make_summer("pairwise", n_clients=n, neighbours=neighbours, threshold=threshold, colluders=0,
+                         dropouts=schedule)
     out = summer.sum("layer", vectors)
     before_upload = {i for stage in ("advertise", "share", "upload") for i in schedule.get(stage, ())}
     survivors = sorted(set(range(n)) - before_upload)
@@ -146,19 +154,18 @@ def test_dropouts_recover_exact_survivor_sum(schedule, neighbours):
     ({"advertise": [0, 1, 2]}, "key advertisement"),
 ])
 def test_too_many_dropouts_abort_cleanly(schedule, stage):
-    summer = make_summer("pairwise", n_clients=6, threshold=4, dropouts=schedule)
+    summer = make_summer("pairwise", n_clients=6, threshold=4, colluders=0, dropouts=schedule)
     with pytest.raises(SecAggAbortError, match=f"aborted at {stage}.*threshold t=4"):
         summer.sum("layer", _vectors(np.random.default_rng(0), 6, 10))
 
 
 def test_sparse_graph_aborts_when_a_neighbourhood_is_lost(monkeypatch):
-    import secprune.secagg.session as session
+    import secprune.secagg.graph as graph
 
     n, k = 10, 4
-    graph = neighbour_graph(n, degree=k, seed=0)
-    monkeypatch.setattr(session, "neighbour_graph", lambda *a, **kw: graph)
-    schedule = {"unmask": sorted(graph[0])[:2]}  # 3 of client 0's 5 share holders remain, t = 4
-    summer = PairwiseSum(n_clients=n, neighbours=k, threshold=4, dropouts=schedule)
+    monkeypatch.setattr(graph, "ring_order", lambda members, seed: sorted(members))  # the ring 0, 1, ..., 9
+    schedule = {"unmask": [1, 2]}  # of client 0's holders 0, 1, 2, 8, 9 three remain, t = 4
+    summer = PairwiseSum(n_clients=n, neighbours=k, threshold=4, colluders=0, dropouts=schedule)
     with pytest.raises(SecAggAbortError, match="client 0's self-mask seed arrived, fewer than the threshold"):
         summer.sum("k", _vectors(np.random.default_rng(0), n, 20))
 
@@ -172,7 +179,7 @@ def test_sparse_graph_aborts_when_a_neighbourhood_is_lost(monkeypatch):
     ([np.ones(10, np.uint8)] * 2, "expected 3 client vectors"),
 ])
 def test_bad_vectors_rejected_before_anything_is_sent(bad, match):
-    summer = make_summer("pairwise", n_clients=3)
+    summer = make_summer("pairwise", n_clients=3, colluders=0)
     with pytest.raises(ValueError, match=match):
         summer.sum("layer", bad)
     assert summer.stats()["total_bytes"] == 0
@@ -181,7 +188,7 @@ def test_bad_vectors_rejected_before_anything_is_sent(bad, match):
 @pytest.mark.parametrize("value, dtype, match", [(3, np.uint8, r"client 1: m: entries must lie in \[0, 1\]"),
                                                  (1, np.float32, "client 1: m: expected an integer")])
 def test_client_checks_its_own_input_in_a_lazy_session(value, dtype, match):
-    summer = make_summer("pairwise", n_clients=3)
+    summer = make_summer("pairwise", n_clients=3, colluders=0)
     with pytest.raises(ValueError, match=match):
         summer.sum_many("s", {"m": 8},
                         lambda i, name: np.full(8, value, dtype) if i == 1 else np.ones(8, np.uint8))
@@ -191,7 +198,7 @@ def test_client_checks_its_own_input_in_a_lazy_session(value, dtype, match):
 @pytest.mark.parametrize("fill", [0, 1])
 def test_single_masked_upload_is_uniform_on_the_ring(neighbours, fill):
     n, length = 6, 40_000  # b = 3: 8 bins of 5000 expected counts
-    summer = RecordingSum(n_clients=n, neighbours=neighbours)
+    summer = RecordingSum(n_clients=n, neighbours=neighbours, colluders=0)
     vectors = [np.full(length, fill, np.uint8)] + _vectors(np.random.default_rng(0), n - 1, length)
     summer.sum("layer", vectors)
     (upload,) = _sent(summer, MsgType.MASKED, sender=0)
@@ -202,8 +209,8 @@ def test_single_masked_upload_is_uniform_on_the_ring(neighbours, fill):
 
 
 def test_upload_costs_b_bits_per_entry():
-    n, length = 64, 20_000
-    summer = RecordingSum(n_clients=n, neighbours=8)
+    n, length = 64, 50_000
+    summer = RecordingSum(n_clients=n, neighbours=8, colluders=0, dropout_budget=2)
     assert summer.bits == 7
     summer.sum("layer", _vectors(np.random.default_rng(0), n, length))
     uploads = _sent(summer, MsgType.MASKED)
@@ -222,13 +229,15 @@ def test_streaming_client_memory_does_not_grow_with_the_model():
     from secprune.secagg.pairwise import run_setup
     from secprune.secagg.pairwise_client import PairwiseClient
     from secprune.secagg.pairwise_server import PairwiseServer
+    from secprune.secagg.params import threat
 
     def peak(length):
         ids = {i: IdentityKey.generate() for i in range(3)}
         directory = KeyDirectory({i: k.public for i, k in ids.items()})
-        server = PairwiseServer(directory=directory, bits=2, max_value=1, threshold=2, degree=None, graph_seed=0,
-                                epochs=[(("m", length),)], chunk_entries=1 << 15)
-        clients = [PairwiseClient(i, identity=ids[i], directory=directory) for i in range(3)]
+        rule = threat(3, colluders=0)
+        server = PairwiseServer(directory=directory, bits=2, max_value=1, threshold=3, degree=None, min_contributors=3,
+                                epochs=[(("m", length),)], threat=rule, chunk_entries=1 << 15)
+        clients = [PairwiseClient(i, identity=ids[i], directory=directory, threat=rule) for i in range(3)]
         run_setup(server, clients)
         lazy = np.broadcast_to(np.uint8(1), (length,))  # a view: the client reads slices of it
         tracemalloc.start()

@@ -9,7 +9,7 @@ import pytest
 
 from secprune.secagg import shamir
 from secprune.secagg.errors import ProtocolError
-from secprune.secagg.graph import default_degree, neighbour_graph
+from secprune.secagg.graph import harary, ring_order
 from secprune.secagg.messages import SERVER, MsgType, ReplayGuard, decode, encode
 from secprune.secagg.prg import MaskPRG
 from secprune.secagg.ring import pack, packed_size, ring_bits, ring_dtype, unpack
@@ -115,20 +115,32 @@ def test_shamir_below_threshold_reveals_nothing_and_bad_input_is_refused():
     assert len(data) == shamir.SHARE_BYTES and np.array_equal(shamir.shares_from_bytes(data, 1), shares[0])
 
 
-@pytest.mark.parametrize("n, k", [(10, 4), (10, 3), (64, 8), (64, "log"), (5, None), (8, 7)])
-def test_neighbour_graph_is_symmetric_and_regular(n, k):
-    graph = neighbour_graph(n, degree=k, seed=3)
-    want = n - 1 if k is None else default_degree(n) if k == "log" else min(k, n - 1)
-    assert all(len(a) == want and i not in a for i, a in enumerate(graph))
-    assert all(u in graph[v] for u in range(n) for v in graph[u])
-    assert default_degree(64) == 12
+@pytest.mark.parametrize("members, k", [(list(range(10)), 4), (list(range(64)), 8), ([0, 3, 4, 7, 9, 12, 15], 4)])
+def test_harary_graph_is_symmetric_and_regular(members, k):
+    graph = harary(members, degree=k, seed=b"s")
+    assert set(graph) == set(members)
+    assert all(len(a) == k and u not in a and a <= set(members) for u, a in graph.items())
+    assert all(u in graph[v] for u in members for v in graph[u])
+    order = ring_order(members, b"s")  # neighbours are the k/2 nearest on either side of the ring
+    pos = {u: i for i, u in enumerate(order)}
+    n = len(members)
+    assert all(min((pos[u] - pos[v]) % n, (pos[v] - pos[u]) % n) <= k // 2 for u in members for v in graph[u])
 
 
-def test_neighbour_graph_rejects_odd_degree_on_odd_n():
-    with pytest.raises(ValueError, match="neighbours"):
-        neighbour_graph(9, degree=3)
-    with pytest.raises(ValueError, match="neighbours"):
-        neighbour_graph(9, degree=0)
+def test_ring_order_is_a_uniform_permutation_of_the_seed():
+    """Every position is equally likely for a client over random seeds (chi-square), and one seed fixes it."""
+    from scipy.stats import chisquare
+
+    first = [ring_order(range(8), os.urandom(16)).index(0) for _ in range(4000)]
+    assert chisquare(np.bincount(first, minlength=8)).pvalue > 1e-4
+    assert ring_order(range(8), b"x") == ring_order(list(reversed(range(8))), b"x")
+
+
+def test_harary_rejects_odd_or_oversized_degrees():
+    with pytest.raises(ValueError, match="even degree"):
+        harary(range(9), degree=3, seed=b"")
+    with pytest.raises(ValueError, match="even degree"):
+        harary(range(9), degree=8, seed=b"")
 
 
 def test_header_checks_round_type_receiver_and_replay():

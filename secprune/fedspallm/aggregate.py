@@ -194,8 +194,8 @@ def secure_l0_sums(*, weights: Sequence[torch.Tensor], pruned: Sequence[torch.Te
         codes.append(q)
         clipped += c
         kept_vectors.append(kept.reshape(-1).numpy().astype(np.uint8))
-    kept_count = torch.from_numpy(mask_summer.sum(f"{key}/mask", kept_vectors).astype(np.int64)).view(shape)
-    weighted_sum = code.decode_sum(weight_summer.sum(f"{key}/weight", codes), n).view(shape)
+    kept_count = torch.from_numpy(mask_summer.sum(f"{key}.mask", kept_vectors).astype(np.int64)).view(shape)
+    weighted_sum = code.decode_sum(weight_summer.sum(f"{key}.weight", codes), n).view(shape)
     return weighted_sum, kept_count, clipped
 
 

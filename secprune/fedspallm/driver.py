@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from secprune.errors import UsageError
 from secprune.fedspallm.aggregate import DEFAULT_CLIP_FACTOR
 from secprune.fedspallm.sampling import schedule as make_schedule
 from secprune.methods import Method, SparseGPT
@@ -109,6 +110,30 @@ class _Summers:
                 "total_bytes": int(sum(s["total_bytes"] for s in out))}
 
 
+def check_subfederations(backend: str, plan: list[list[list[int]]], *, n_layers: int, options: dict) -> None:
+    """Before any work: every layer's sum, over the clients that sampled it, must be one the secure backend can
+    release (enough contributors, safe parameters for their number); raises UsageError naming the layer."""
+    from secprune.secagg.params import he_threshold, pairwise_parameters
+
+    rule = options["threat"]
+    seen: set[int] = set()
+    for t, clients in enumerate(plan):
+        for li in range(n_layers):
+            n = sum(li in layers for layers in clients)
+            if n == 0 or n in seen:
+                continue
+            seen.add(n)
+            try:
+                if backend == "pairwise":
+                    pairwise_parameters(n_clients=n, threat=rule, neighbours=options.get("neighbours"),
+                                        threshold=options.get("threshold"))
+                else:
+                    he_threshold(n_clients=n, threat=rule, threshold=options.get("threshold"))
+            except ValueError as exc:
+                raise UsageError(f"--layer-sampling: round {t + 1}, layer {li} is pruned by {n} clients, and their "
+                                 f"secure sum cannot be released: {exc}") from None
+
+
 def spec_from_config(cfg) -> FedSpaSpec:
     """The FedSpaLLM run of a validated :class:`~secprune.config.PruneConfig`."""
     return FedSpaSpec(sparsity=cfg.sparsity, rounds=cfg.rounds, expansion=cfg.expansion,
@@ -147,7 +172,16 @@ def fedspallm_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
     plan = make_schedule(resources=spec.resources, n_clients=n_clients, n_layers=n_layers, rounds=spec.rounds,
                          seed=spec.seed, sampling=spec.layer_sampling)
     keep = [i for i in keep_clients if all(li in plan[0][i] for li in range(n_layers))]  # whole model in round 1
-    summers = _Summers(secure, bits=spec.fixed_point_bits, seed=spec.seed, options=secagg_options or {}) \
+    options = dict(secagg_options or {})
+    if secure not in (None, "none"):  # one threat for every sub-federation: counts of the whole federation
+        from secprune.secagg.params import threat
+
+        if "threat" not in options:
+            options["threat"] = threat(n_clients, colluders=options.pop("colluders", None),
+                                       dropouts=options.pop("dropout_budget", None),
+                                       min_contributors=options.pop("min_contributors", None), flag_prefix="")
+        check_subfederations(secure, plan, n_layers=n_layers, options=options)
+    summers = _Summers(secure, bits=spec.fixed_point_bits, seed=spec.seed, options=options) \
         if secure is not None else PlainSums()
     sim = simulate(model, windows, parts, strat, summers=summers, batch_size=spec.batch_size, checkpoint=checkpoint,
                    keep=keep, desc=desc, progress=progress,

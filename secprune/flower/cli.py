@@ -44,6 +44,9 @@ def register(sub, add_config_flags, config_from_args, emit) -> None:
                         "they read their keys from --keys)")
     f.add_argument("--directory", metavar="FILE", help="the pinned key directory (directory.json of `secprune "
                                                         "keys`) the server verifies signatures with (pairwise, he)")
+    f.add_argument("--authority", metavar="HEX|FILE",
+                   help="the key that signed --directory (64 hex digits or authority.pub of `secprune keys`); "
+                        "default: authority.pub beside the directory, when present")
     f.add_argument("--keys", metavar="DIR", help="--simulation with pairwise/he: the keys folder every simulated "
                                                  "node reads its own key from")
     f.add_argument("--root-certificates", metavar="PEM", help="TLS: the CA certificate of the SuperLink "
@@ -73,6 +76,14 @@ def register(sub, add_config_flags, config_from_args, emit) -> None:
     c.add_argument("--keys", metavar="DIR", help="folder with this client's client<I>.pem and the pinned "
                                                  "directory.json (pairwise, he)")
     c.add_argument("--key-holder", action="store_true", help="run the he key holder instead of a client")
+    c.add_argument("--authority", metavar="HEX|FILE",
+                   help="the key that signed directory.json (default: authority.pub in --keys, when present); a "
+                        "directory without its valid signature is refused")
+    c.add_argument("--secagg-colluders", metavar="COUNT|FRACTION",
+                   help="clients this client assumes may collude with the server; it refuses a session whose "
+                        "threshold is unsafe for them (default: 1/3, as `secprune prune`)")
+    c.add_argument("--secagg-min-contributors", type=int, metavar="M",
+                   help="it refuses to add its input to a sum over fewer clients (default: colluders + 3)")
     c.add_argument("--state-dir", metavar="DIR", help="owner-only folder for this client's state between "
                                                       "messages (default: ~/.cache/secprune/flower/...)")
     c.add_argument("--port", type=int, default=9094, metavar="P", help="this SuperNode's local ClientAppIo port "
@@ -116,6 +127,17 @@ def node_config(args: argparse.Namespace) -> str:
         if not Path(args.keys).is_dir():
             raise UsageError(f"--keys: {args.keys} is not a folder")
         items["keys"] = str(Path(args.keys).resolve())
+    if args.authority:
+        from secprune.secagg.identity import read_authority
+
+        try:
+            items["authority"] = read_authority(args.authority).hex()
+        except ValueError as exc:
+            raise UsageError(f"--authority: {exc}") from None
+    if args.secagg_colluders is not None:
+        items["secagg-colluders"] = str(args.secagg_colluders)
+    if args.secagg_min_contributors is not None:
+        items["secagg-min-contributors"] = args.secagg_min_contributors
     if args.state_dir:
         items["state-dir"] = str(Path(args.state_dir).resolve())
     if getattr(args, "test_hang_at", None):
@@ -161,7 +183,17 @@ def cmd_serve(args: argparse.Namespace, config_from_args, emit) -> int:
     out = Path(cfg.out).resolve()
     tag = os.urandom(8).hex()
     directory = str(Path(args.directory).resolve()) if args.directory else ""
-    run_config = run_config_from(cfg, out=str(out), run_tag=tag, directory=directory,
+    authority = ""
+    if args.authority:
+        from secprune.secagg.identity import read_authority
+
+        try:
+            authority = read_authority(args.authority).hex()
+        except ValueError as exc:
+            raise UsageError(f"--authority: {exc}") from None
+    elif directory and (Path(directory).parent / "authority.pub").is_file():
+        authority = str(Path(directory).parent / "authority.pub")
+    run_config = run_config_from(cfg, out=str(out), run_tag=tag, directory=directory, authority=authority,
                                  key_holder=cfg.secure_agg == "he", stage_timeout=args.stage_timeout,
                                  parallel=args.parallel, evaluate=args.evaluate,
                                  keys=str(Path(args.keys).resolve()) if args.keys else "")

@@ -16,8 +16,10 @@ from secprune.errors import UsageError
 from secprune.flower.node import ClientNode, build_strategy, task_from
 from secprune.flower.records import pack_vector
 from secprune.flower.settings import config_from_run
+from secprune.secagg.session import check_name
 
-STAGES = ("hello", "he_context", "advertise", "share", "step", "consistency", "unmask", "he_decrypt", "finish")
+STAGES = ("hello", "he_context", "advertise", "reveal", "share", "ack", "open", "step", "consistency", "unmask",
+          "he_decrypt", "finish")
 
 
 def _identities(node: ClientNode):
@@ -26,7 +28,19 @@ def _identities(node: ClientNode):
     if node.keys is None:
         raise UsageError("node config: keys = '<folder>' (its client<i>.pem and directory.json) is needed for "
                          "--secure-agg pairwise and he")
-    return load_identities(node.keys)
+    try:
+        return load_identities(node.keys, authority=node.authority)
+    except ValueError as exc:  # an unsigned or tampered directory: never the server's to change
+        raise UsageError(f"node config: keys: {exc}") from None
+
+
+def _kind(node: ClientNode, key: str, suffix: str) -> str:
+    """The kind named in a content key ``<kind><suffix>``, which must be one the run's strategy submits: the
+    server's labels never become file names unchecked."""
+    kind = key[:-len(suffix)]
+    if kind not in node.kinds():
+        raise UsageError(f"stage content names the vector kind {kind!r}; this run submits {sorted(node.kinds())}")
+    return kind
 
 
 def _pairwise(node: ClientNode, kind: str):
@@ -34,20 +48,25 @@ def _pairwise(node: ClientNode, kind: str):
 
     directory, ids = _identities(node)
     state = node.load(f"pairwise-{kind}.pkl")
+    own = {"identity": ids[node.client], "directory": directory, "threat": node.threat(directory.n_clients),
+           "ledger": node.ledger()}
     if state is None:
-        return PairwiseClient(node.client, identity=ids[node.client], directory=directory)
-    return PairwiseClient.import_state(state, identity=ids[node.client], directory=directory)
+        return PairwiseClient(node.client, **own)
+    return PairwiseClient.import_state(state, **own)
 
 
-def _each_kind(node: ClientNode, content: dict, act) -> dict:
-    """Run ``act(client, message)`` for every ``<kind>/msg`` of a pairwise stage; save each client's state."""
+def _each_kind(node: ClientNode, content: dict, act, suffix: str = "/msg") -> dict:
+    """Run ``act(client, value)`` for every ``<kind><suffix>`` of a pairwise stage; save each client's state.
+    ``act`` returns the reply message, or None for none."""
     out = {}
-    for key, message in content.items():
-        if not key.endswith("/msg"):
+    for key, value in content.items():
+        if not key.endswith(suffix):
             continue
-        kind = key[:-4]
+        kind = _kind(node, key, suffix)
         client = _pairwise(node, kind)
-        out[key] = act(client, message)
+        reply = act(client, value)
+        if reply is not None:
+            out[f"{kind}/msg"] = reply
         node.save(f"pairwise-{kind}.pkl", client.export_state())
     return out
 
@@ -57,13 +76,29 @@ def _hello(node: ClientNode, content: dict) -> dict:
 
 
 def _advertise(node: ClientNode, content: dict) -> dict:
-    for key in content:  # a new session: forget an earlier one of the same kind
-        node._path(f"pairwise-{key[:-4]}.pkl").unlink(missing_ok=True)
+    for key in content:  # a new session: forget an earlier one of the same kind (its inputs stay spent)
+        node._path(f"pairwise-{_kind(node, key, '/msg')}.pkl").unlink(missing_ok=True)
     return _each_kind(node, content, lambda c, m: c.join(m))
+
+
+def _reveal(node: ClientNode, content: dict) -> dict:
+    return _each_kind(node, content, lambda c, m: c.reveal(m))
 
 
 def _share(node: ClientNode, content: dict) -> dict:
     return _each_kind(node, content, lambda c, m: c.share_keys(m))
+
+
+def _ack(node: ClientNode, content: dict) -> dict:
+    def act(client, shares):
+        for share in shares:
+            client.receive_share(share)
+        return client.acknowledge()
+    return _each_kind(node, content, act, suffix="/shares")
+
+
+def _open(node: ClientNode, content: dict) -> dict:
+    return _each_kind(node, content, lambda c, m: c.open_shares(m))
 
 
 def _consistency(node: ClientNode, content: dict) -> dict:
@@ -95,22 +130,24 @@ def _step(node: ClientNode, content: dict) -> dict:
     if cfg.secure_agg == "none":  # plaintext: what the server would learn without secure aggregation
         for k in kinds:
             for name in json.loads(content[f"{k.name}/names"]):
-                v = np.asarray(node.vector(k.name, name))
+                v = np.asarray(node.vector(k.name, check_name(name)))
                 out[f"{k.name}/plain/{name}"] = v.astype(np.float64) if k.is_float else pack_vector(v, k.max_value)
     elif cfg.secure_agg == "he":
         from secprune.secagg.he import HEClient, HEConfig
 
         directory, ids = _identities(node)
-        client = HEClient(node.client, content["he/context"], identity=ids[node.client], directory=directory)
+        client = HEClient(node.client, content["he/context"], identity=ids[node.client], directory=directory,
+                          ledger=node.ledger())
         for k in kinds:
             for name, values in json.loads(content[f"{k.name}/he"]).items():
                 he_cfg = HEConfig.decode(values | {"server_key": bytes.fromhex(values["server_key"])})
-                out[f"{k.name}/he/{name}"] = client.encrypt(he_cfg, np.asarray(node.vector(k.name, name)))
+                vector = np.asarray(node.vector(k.name, check_name(name)))
+                out[f"{k.name}/he/{name}"] = client.encrypt(he_cfg, vector, name=name)
     else:
         for k in kinds:
             client = _pairwise(node, k.name)
-            for share in content.get(f"{k.name}/shares", []):
-                client.receive_share(share)
+            if f"{k.name}/confirm" in content:  # the session's accepted sharers, before its first upload
+                client.confirm(content[f"{k.name}/confirm"])
             epoch = int(content[f"{k.name}/epoch"])
             out[f"{k.name}/masked"] = list(client.upload(
                 epoch, lambda name, kind=k.name: np.asarray(node.vector(kind, name))))
@@ -131,8 +168,9 @@ def _he_context(node: ClientNode, content: dict) -> dict:
     directory, ids = _identities(node)
     if KEY_HOLDER not in ids:
         raise UsageError("node config: the key holder's keys folder has no keyholder.pem (secprune keys --key-holder)")
-    threshold = he_threshold(n_clients=directory.n_clients, threshold=node.cfg.secagg_threshold)
-    holder = KeyHolder(identity=ids[KEY_HOLDER], directory=directory, threshold=threshold)
+    threat = node.threat(directory.n_clients)  # the key holder's own, not the server's
+    threshold = he_threshold(n_clients=directory.n_clients, threat=threat, threshold=node.cfg.secagg_threshold)
+    holder = KeyHolder(identity=ids[KEY_HOLDER], directory=directory, threshold=threshold, threat=threat)
     node.save("keyholder.pkl", holder.export_state())
     return {"context": holder.public_context(), "plain_modulus": holder.plain_modulus,
             "poly_modulus_degree": holder.poly_modulus_degree}
@@ -164,15 +202,21 @@ def _finish(node: ClientNode, content: dict) -> dict:
     return {}
 
 
-HANDLERS = {"hello": _hello, "he_context": _he_context, "advertise": _advertise, "share": _share, "step": _step,
-            "consistency": _consistency, "unmask": _unmask, "he_decrypt": _he_decrypt, "finish": _finish}
+HANDLERS = {"hello": _hello, "he_context": _he_context, "advertise": _advertise, "reveal": _reveal, "share": _share,
+            "ack": _ack, "open": _open, "step": _step, "consistency": _consistency, "unmask": _unmask,
+            "he_decrypt": _he_decrypt, "finish": _finish}
 
 
 def handle(stage: str, content: dict, *, run_config, node_config, run_id: int) -> dict:
-    """One stage at one node: rebuild the node from its files, act, save, answer."""
+    """One stage at one node: rebuild the node from its files, act, save, answer.  A stage this node refuses
+    ends its part in the run: its state of the run (activations of its text, secrets, vectors) is deleted."""
     cfg, extras = config_from_run(run_config)
     node = ClientNode(cfg=cfg, node_config=node_config, run_id=run_id, run_keys=str(extras.get("keys", "")))
-    return HANDLERS[stage](node, content)
+    try:
+        return HANDLERS[stage](node, content)
+    except BaseException:
+        node.finish()
+        raise
 
 
 def _test_hang(stage: str, node_config) -> None:

@@ -38,7 +38,7 @@ from secprune.config import PruneConfig
 from secprune.flower.node import build_strategy, task_spec
 from secprune.flower.records import unpack_vector
 from secprune.model import UsageError, decoder_layers, prunable_linears
-from secprune.secagg.errors import SecAggAbortError
+from secprune.secagg.errors import ProtocolError, SecAggAbortError
 from secprune.strategies.base import Kind, Task
 
 
@@ -113,6 +113,8 @@ class ServerRun:
         self.alive: set[int] = set()
         self.sessions: dict[str, dict] = {}  # scope -> {"kinds": {kind: PairwiseServer}, "epoch": int}
         self.stage_log: list[dict] = []
+        self.refused: list[dict] = []  # messages refused by the protocol, with their sender (dropped)
+        self.excluded: dict[int, str] = {}  # clients excluded as cheaters, with the reason
         self.step_timing: list[dict] = []  # per step message: each client's own model load / prune / upload time
 
     # --- messaging
@@ -128,13 +130,19 @@ class ServerRun:
         for node, content in raw.items():
             c = client_of[node]
             if isinstance(content, Exception):
-                raise Refused(f"{'key holder' if c < 0 else f'client {c}'} refused stage {stage}: {content}")
+                if required or c < 0:
+                    raise Refused(f"{'key holder' if c < 0 else f'client {c}'} refused stage {stage}: {content}")
+                log.warn(f"stage {stage}: client {c} refused and is dropped: {content}")
+                self.refused.append({"stage": stage, "client": c, "reason": str(content)})
+                continue
             replies[c] = content
             self.wire.add(c, stage, flower=wire_bytes(to_record(content)) + wire_bytes(to_record(contents[c])),
                           protocol=protocol_bytes(content) + protocol_bytes(contents[c]))
             if self.on_received is not None:
                 self.on_received(stage, c, content)
-        missing = sorted(set(contents) - set(replies))
+        refused = {r["client"] for r in self.refused if r["stage"] == stage}
+        missing = sorted(set(contents) - set(replies) - refused)
+        self.alive -= refused
         self.stage_log.append({"stage": stage, "sent": len(contents), "replies": len(replies),
                                "dropped": missing, "seconds": time.perf_counter() - t0})
         if missing:
@@ -166,8 +174,39 @@ class ServerRun:
     def run(self) -> dict:
         t0 = time.perf_counter()
         self.connect()
+        try:
+            self._run()
+        except SecAggAbortError as exc:
+            self._abandon()
+            if not self.refused:
+                raise
+            why = "; ".join(f"client {r['client']} at {r['stage']}: {r['reason']}" for r in self.refused[:3])
+            raise SecAggAbortError(f"{exc} (refused: {why}{'; ...' if len(self.refused) > 3 else ''})") from exc
+        except BaseException:
+            self._abandon()
+            raise
+        self._send("finish", {c: {} for c in sorted(self.alive) + ([-1] if self.secure == "he" else [])})
+        return {"seconds": time.perf_counter() - t0, "stages": self.stage_log, "wire": self.wire.summary(),
+                "clients_at_end": sorted(self.alive), "step_timing": self.step_timing, "refused": self.refused,
+                "excluded": self.excluded}
+
+    def _abandon(self) -> None:
+        """An aborted run: ask every node, dropped ones too, to delete its state of this run (best effort)."""
+        try:
+            self.timeout = min(self.timeout, 30.0)
+            self._send("finish", {c: {} for c in sorted(self.node_of)})
+        except Exception as exc:  # noqa: BLE001 - the abort's own error is the one to report
+            log.warn(f"abort: could not ask every node to delete its run state ({exc})")
+
+    def _run(self) -> None:
         layers = decoder_layers(self.model)
         tasks = self.strategy.tasks(n_layers=len(layers))
+        if self.secure != "none" and self.strategy.name == "fedspallm":  # every layer's sum covers enough clients
+            from secprune.fedspallm.driver import check_subfederations
+
+            check_subfederations(self.secure, self.strategy.plan, n_layers=len(layers),
+                                 options={"threat": self._threat(), "threshold": self.cfg.secagg_threshold,
+                                          "neighbours": self.cfg.secagg_neighbours or None})
         if hasattr(self.strategy, "comm"):
             self.strategy.comm.model_entries = sum(lin.weight.numel() for layer in layers
                                                    for lin in prunable_linears(layer).values())
@@ -186,9 +225,6 @@ class ServerRun:
                 self.strategy.server_step(counted, task_sums, layer=layer,
                                           uploads={i: u for i, u in uploads.get(task.step, {}).items()})
             broadcast = self.strategy.broadcast(batch[-1])
-        self._send("finish", {c: {} for c in sorted(self.alive) + ([-1] if self.secure == "he" else [])})
-        return {"seconds": time.perf_counter() - t0, "stages": self.stage_log, "wire": self.wire.summary(),
-                "clients_at_end": sorted(self.alive), "step_timing": self.step_timing}
 
     # --- one step message and its secure sums
     def _layout(self, batch: list[Task]) -> dict[str, int]:
@@ -253,11 +289,11 @@ class ServerRun:
         session = self.sessions[scope]
         session["epoch"] += 1
         for k in kinds:
-            shares = session["shares"].pop(k.name, {})
+            confirms = session["confirms"].pop(k.name, {})
             for c in self.alive:
                 out[c][f"{k.name}/epoch"] = session["epoch"]
-                if shares:
-                    out[c][f"{k.name}/shares"] = shares.get(c, [])
+                if c in confirms:
+                    out[c][f"{k.name}/confirm"] = confirms[c]
         return out
 
     def _secure_after_step(self, batch, kinds: list[Kind], layout: dict[str, int], replies: dict[int, dict]):
@@ -272,24 +308,21 @@ class ServerRun:
                 sums[k.name] = {name: torch.as_tensor(v) for name, v in sums[k.name].items()}
             return sums, voters
         if self.secure == "he":
-            return self._he_sums(kinds, layout, replies), voters
+            return self._he_sums(kinds, layout, replies)
         session = self.sessions[self._scope(batch)]
         servers = session["servers"]
-        for content in replies.values():
+        for c, content in replies.items():
             for k in kinds:
                 for chunk in content.get(f"{k.name}/masked", []):
-                    servers[k.name].receive_masked(chunk)
+                    if not self._feed(c, "step", servers[k.name].receive_masked, chunk):
+                        break
         requests = {k: s.close_upload() for k, s in servers.items()}
-        voters = set(next(iter(servers.values())).uploaded)
+        voters = set.intersection(*(set(s.uploaded) for s in servers.values()))
         got = self._send("consistency", self._per_client(requests))
-        for content in got.values():
-            for k, s in servers.items():
-                s.receive_survivors_signature(content[f"{k}/msg"])
+        self._feed_all(got, servers, "receive_survivors_signature", "consistency")
         requests = {k: s.close_consistency() for k, s in servers.items()}
         got = self._send("unmask", self._per_client(requests))
-        for content in got.values():
-            for k, s in servers.items():
-                s.receive_unmask_response(content[f"{k}/msg"])
+        self._feed_all(got, servers, "receive_unmask_response", "unmask")
         sums = {k: {name: torch.as_tensor(v) for name, v in s.finish().items()} for k, s in servers.items()}
         for s in servers.values():
             s.prg.release()
@@ -303,41 +336,73 @@ class ServerRun:
                     out[c][f"{kind}/msg"] = msg
         return out
 
+    # --- feeding the protocol: a client whose message is refused is dropped, not obeyed
+    def _feed(self, client: int, stage: str, receive, message) -> bool:
+        """``receive(message)``; a refused message (ProtocolError) drops its sender, with the reason."""
+        try:
+            receive(message)
+        except ProtocolError as exc:
+            log.warn(f"stage {stage}: client {client} dropped: {exc}")
+            self.alive.discard(client)
+            self.refused.append({"stage": stage, "client": client, "reason": str(exc)})
+            return False
+        return True
+
+    def _feed_all(self, got: dict[int, dict], servers: dict, method: str, stage: str) -> None:
+        for c, content in got.items():
+            for k, srv in servers.items():
+                if f"{k}/msg" in content and not self._feed(c, stage, getattr(srv, method), content[f"{k}/msg"]):
+                    break
+
+    def _exclude(self, servers: dict) -> None:
+        for srv in servers.values():
+            for c, why in srv.exclusions().items():
+                if c in self.alive or c not in self.excluded:
+                    log.warn(f"client {c} excluded from secure aggregation: {why}")
+                self.excluded[c] = why
+                self.alive.discard(c)
+
     # --- pairwise setup (once per session)
     def _pairwise_setup(self, scope: str, kinds: list[Kind], batch: list[Task], layout: dict[str, int]) -> dict:
-        import hashlib
-        import os
-
-        from secprune.secagg.identity import KeyDirectory
         from secprune.secagg.pairwise_server import PairwiseServer
         from secprune.secagg.params import pairwise_parameters
         from secprune.secagg.ring import ring_bits
 
-        directory = KeyDirectory.load(self._directory_path())
-        if directory.n_clients != self.cfg.clients:
-            raise UsageError(f"directory: pins {directory.n_clients} clients, the run has {self.cfg.clients}")
-        degree, threshold = pairwise_parameters(n_clients=self.cfg.clients,
+        directory = self._directory()
+        threat = self._threat()
+        degree, threshold = pairwise_parameters(n_clients=self.cfg.clients, threat=threat,
                                                 neighbours=self.cfg.secagg_neighbours or None,
                                                 threshold=self.cfg.secagg_threshold)
         epochs = self._epochs(scope, batch, layout)
-        servers = {}
-        for k in kinds:
-            seed = int.from_bytes(hashlib.sha256(os.urandom(16) + scope.encode()).digest()[:8], "big")
-            servers[k.name] = PairwiseServer(directory=directory, bits=ring_bits(n_clients=self.cfg.clients,
-                                                                                 max_value=k.max_value),
-                                             max_value=k.max_value, threshold=threshold, degree=degree,
-                                             graph_seed=seed, epochs=epochs)
-        msgs = {k: s.session_messages() for k, s in servers.items()}
-        got = self._send("advertise", self._per_client(msgs))
-        for content in got.values():
-            for k, s in servers.items():
-                s.receive_advertisement(content[f"{k}/msg"])
+        servers = {k.name: PairwiseServer(directory=directory, bits=ring_bits(n_clients=self.cfg.clients,
+                                                                              max_value=k.max_value),
+                                          max_value=k.max_value, threshold=threshold, degree=degree,
+                                          min_contributors=threat.min_contributors, epochs=epochs, threat=threat,
+                                          excluded=[c for c in range(self.cfg.clients) if c not in self.alive])
+                   for k in kinds}
+        got = self._send("advertise", self._per_client({k: s.session_messages() for k, s in servers.items()}))
+        self._feed_all(got, servers, "receive_advertisement", "advertise")
+        if degree is not None:  # the graph: every member's committed nonce, revealed
+            got = self._send("reveal", self._per_client({k: s.commits() for k, s in servers.items()}))
+            self._feed_all(got, servers, "receive_reveal", "reveal")
         got = self._send("share", self._per_client({k: s.rosters() for k, s in servers.items()}))
-        for content in got.values():
-            for k, s in servers.items():
-                s.receive_share_bundle(content[f"{k}/msg"])
-        shares = {k: s.close_shares() for k, s in servers.items()}
-        return {"servers": servers, "epoch": -1, "shares": shares}
+        self._feed_all(got, servers, "receive_share_bundle", "share")
+        routed = {k: s.close_shares() for k, s in servers.items()}
+        contents: dict[int, dict] = defaultdict(dict)
+        for k, by_client in routed.items():
+            for c, blobs in by_client.items():
+                if c in self.alive:
+                    contents[c][f"{k}/shares"] = blobs
+        got = self._send("ack", contents)
+        self._feed_all(got, servers, "receive_ack", "ack")
+        confirms = {k: s.close_acks() for k, s in servers.items()}
+        opening = {k: s for k, s in servers.items() if s._stage == "open"}
+        if opening:  # complaints: each accused dealer opens the SHARE messages in question
+            got = self._send("open", self._per_client({k: confirms[k] for k in opening}))
+            self._feed_all(got, opening, "receive_open", "open")
+            confirms |= {k: s.close_open() for k, s in opening.items()}
+        self._exclude(servers)
+        return {"servers": servers, "epoch": -1, "confirms": confirms}
 
     def _epochs(self, scope: str, batch: list[Task], layout: dict[str, int]) -> list[tuple[tuple[str, int], ...]]:
         """Epoch layouts of a session: FedPrLLM one per step message of the run, FedSpaLLM the round's one."""
@@ -345,6 +410,21 @@ class ServerRun:
             return [tuple(layout.items())]
         tasks = self.strategy.tasks(n_layers=len(decoder_layers(self.model)))
         return [tuple(self._layout(b).items()) for b in batches(self.strategy, tasks)]
+
+    def _directory(self):
+        """The pinned key directory, checked against the authority's signature when one is configured."""
+        from secprune.secagg.identity import KeyDirectory, read_authority
+
+        directory = KeyDirectory.load(self._directory_path(), authority=read_authority(self.extras.get("authority")))
+        if directory.n_clients != self.cfg.clients:
+            raise UsageError(f"directory: pins {directory.n_clients} clients, the run has {self.cfg.clients}")
+        return directory
+
+    def _threat(self):
+        from secprune.secagg.params import threat
+
+        return threat(self.cfg.clients, colluders=self.cfg.secagg_colluders, dropouts=self.cfg.secagg_dropouts,
+                      min_contributors=self.cfg.secagg_min_contributors)
 
     def _directory_path(self) -> Path:
         path = str(self.extras.get("directory") or "")
@@ -380,27 +460,43 @@ class ServerRun:
             out[name] = values | {"server_key": values["server_key"].hex()}
         return out
 
-    def _he_sums(self, kinds: list[Kind], layout: dict[str, int], replies: dict[int, dict]) -> dict:
+    def _he_sums(self, kinds: list[Kind], layout: dict[str, int], replies: dict[int, dict]):
+        """The sums of every matrix and kind over the clients whose uploads all passed the server's checks (a
+        client with one refused upload is dropped from every sum, so all sums cover the same clients)."""
         from secprune.secagg.he import HEServer
-        from secprune.secagg.identity import KeyDirectory
 
-        directory = KeyDirectory.load(self._directory_path())
-        servers, request = {}, {}
+        directory = self._directory()
+        servers = {}
         for k in kinds:
             for name in layout:
                 cfg, sk = self._he_rounds.pop((k.name, name))
-                server = HEServer(cfg, self.he_context, directory=directory, server_key=sk)
-                forwards = [server.receive(replies[c][f"{k.name}/he/{name}"]) for c in sorted(replies)]
-                servers[(k.name, name)] = server
-                values = cfg.encode()
-                request[f"{k.name}/{name}/cfg"] = json.dumps(values | {"server_key": values["server_key"].hex()})
-                request[f"{k.name}/{name}/uploads"] = forwards
-                request[f"{k.name}/{name}/decrypt"] = server.decrypt_request()
+                servers[(k.name, name)] = HEServer(cfg, self.he_context, directory=directory, server_key=sk,
+                                                   min_contributors=self._threat().min_contributors)
+        forwards: dict[tuple[str, str], dict[int, bytes]] = defaultdict(dict)
+        for c in sorted(replies):
+            mine: dict[tuple[str, str], bytes] = {}
+            for key, server in servers.items():
+                def receive(message, key=key, server=server, mine=mine):
+                    mine[key] = server.receive(message)
+                if not self._feed(c, "step", receive, replies[c].get(f"{key[0]}/he/{key[1]}", b"")):
+                    for done in mine:
+                        servers[done].withdraw(c)
+                    break
+            else:
+                for key, fwd in mine.items():
+                    forwards[key][c] = fwd
+        request = {}
+        for (kind, name), server in servers.items():
+            values = server.cfg.encode()
+            request[f"{kind}/{name}/cfg"] = json.dumps(values | {"server_key": values["server_key"].hex()})
+            request[f"{kind}/{name}/uploads"] = [forwards[(kind, name)][c] for c in sorted(forwards[(kind, name)])]
+            request[f"{kind}/{name}/decrypt"] = server.decrypt_request()
         got = self._send("he_decrypt", {-1: request}, required=True)[-1]
         sums: dict[str, dict] = {k.name: {} for k in kinds}
         for (kind, name), server in servers.items():
             sums[kind][name] = torch.as_tensor(server.result(got[f"{kind}/{name}/result"]))
-        return sums
+        voters = set(next(iter(servers.values())).uploaded) if servers else set()
+        return sums, voters
 
 
 TIMING_KEYS = ("model_load_s", "prune_s", "upload_s")

@@ -9,8 +9,14 @@ secure-aggregation state (seeds and shares). The folder is deleted when the run 
 Node configuration (``flower-supernode --node-config``): ``client-id`` (its index; default
 ``partition-id``), either ``data`` (a UTF-8 file or folder of its private text) or ``partition-id`` and
 ``num-partitions`` (its share of a built-in public corpus, standing in for private data), ``keys`` (a
-folder with its ``client<i>.pem`` and the pinned ``directory.json``, for pairwise and he), ``role``
-(``"keyholder"`` for the he key holder) and ``state-dir``.
+folder with its ``client<i>.pem`` and the pinned ``directory.json``, for pairwise and he), ``authority``
+(the key that signed the directory: 64 hex digits or a file; default ``<keys>/authority.pub`` when present),
+``secagg-colluders`` and ``secagg-min-contributors`` (what this client requires of every secure sum; the
+defaults of ``secprune prune``), ``role`` (``"keyholder"`` for the he key holder) and ``state-dir``.
+
+Besides the run's folder, the state folder holds ``ledger.json``: the digests of every input this client has
+released into a secure sum, kept across runs so that no server can ask for the same input twice
+(:mod:`secprune.secagg.ledger`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ if TYPE_CHECKING:  # the protocol stages import no torch: only the pruning step 
     import torch
 
     from secprune.replay import Replay
+
+
+#: kinds of vector each algorithm submits (the strategies' ``kinds``; tests/test_flower.py checks they agree)
+KINDS = {"fedprllm": ("mask",), "fedspallm": ("mask", "weight")}
 
 
 def build_strategy(cfg: PruneConfig, *, secure: bool):
@@ -91,9 +101,36 @@ class ClientNode:
         self.client = int(raw_id) if raw_id is not None else -1
         self.node_config = nc
         base = Path(str(nc.get("state-dir") or _cache_dir() / "flower" / f"{self.role}{max(self.client, 0)}"))
+        self.base = private_dir(base)
         self.dir = private_dir(base / f"run-{run_id}")
         keys = nc.get("keys") or (run_keys if simulated else "")  # simulation: one folder, each its own key
         self.keys = Path(str(keys)) if keys else None
+        self.authority = str(nc.get("authority") or "") or None
+        # what this client requires of a secure sum: its own flags; a simulated node is the operator's own
+        self._colluders = nc.get("secagg-colluders", cfg.secagg_colluders if simulated else None)
+        self._contributors = nc.get("secagg-min-contributors", cfg.secagg_min_contributors if simulated else None)
+
+    # --- this client's own security settings
+    def threat(self, n_clients: int):
+        from secprune.secagg.params import threat
+
+        contributors = self._contributors
+        try:
+            return threat(n_clients, colluders=None if self._colluders in (None, "") else str(self._colluders),
+                          min_contributors=None if contributors in (None, "") else int(contributors))
+        except ValueError as exc:
+            raise UsageError(f"node config: {exc}") from None
+
+    def ledger(self):
+        """This client's ledger of released inputs (kept across runs, beside the runs' folders)."""
+        from secprune.secagg.ledger import Ledger
+
+        return Ledger(self.base / "ledger.json")
+
+    def kinds(self) -> set[str]:
+        """The kinds of vector this run's strategy submits (the only kinds a stage may name; known without
+        building the strategy, so protocol stages stay free of torch)."""
+        return set(KINDS[self.cfg.algorithm])
 
     # --- data and model (loaded in every message's process; the model from the safetensors cache)
     @property

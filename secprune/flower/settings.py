@@ -18,6 +18,7 @@ from secprune.config import PruneConfig, config_from
 FLOWER_KEYS: dict[str, object] = {
     "out": "runs/flower",  # the server's output folder (final mask, summary), as `secprune prune --out`
     "directory": "",  # pinned key directory (directory.json of `secprune keys`), for pairwise and he
+    "authority": "",  # the key that signed the directory (hex or a file); default: authority.pub beside it
     "key-holder": False,  # he: one SuperNode runs with --node-config "role='keyholder'"
     "stage-timeout": 600.0,  # seconds the server waits for the replies of one protocol stage
     "node-wait": 120.0,  # seconds the server waits for the expected SuperNodes to connect
@@ -82,7 +83,8 @@ def config_from_run(run_config) -> tuple[PruneConfig, dict]:
             value = [float(s) for s in items] if "float" in typ else items
         elif "None" in typ:
             text = str(raw).strip().lower()
-            value = None if text == "" else (text == "true") if "bool" in typ else int(text)
+            value = None if text == "" else (text == "true") if "bool" in typ else int(text) if "int" in typ \
+                else str(raw).strip()
         else:
             value = raw
         values[f.name] = value

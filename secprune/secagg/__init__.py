@@ -19,9 +19,10 @@ def make_summer(backend: str, *, n_clients: int, max_value: int = 1, seed: int =
     """Build the backend named ``backend`` for ``n_clients`` clients whose entries lie in [0, max_value].
 
     ``options`` go to the backend: for ``"pairwise"`` see :class:`~secprune.secagg.pairwise.PairwiseSum`
-    (``neighbours``, ``threshold``, ``bits``, ``cipher``, ``aead``, ``chunk_entries``, ``key_dir``,
-    ``dropouts``); for ``"he"`` see :class:`~secprune.secagg.he.HESum` (``poly_modulus_degree``,
-    ``plain_modulus_bits``, ``threshold``, ``dropouts``).
+    (the threat ``colluders``, ``dropout_budget``, ``min_contributors``; ``neighbours``, ``threshold``, ``bits``,
+    ``cipher``, ``aead``, ``chunk_entries``, ``key_dir``, ``dropouts``); for ``"he"`` see
+    :class:`~secprune.secagg.he.HESum` (the threat, ``poly_modulus_degree``, ``plain_modulus_bits``,
+    ``threshold``, ``dropouts``).  ``"none"`` ignores them.
     """
     if backend == "none":  # the baseline ignores the secure backends' options (e.g. ``neighbours``)
         return PlainSum(n_clients=n_clients, max_value=max_value)

@@ -62,8 +62,11 @@ Epochs = Sequence[tuple[str, Mapping[str, int]]]  # (epoch key, {matrix name: en
 
 
 def check_layout(epochs: Epochs) -> list[tuple[str, dict[str, int]]]:
-    """Validate a session layout: at least one epoch, non-empty str names, non-negative int lengths."""
-    out = []
+    """Validate a session layout: at least one epoch, canonical matrix names (each once in the whole layout:
+    one input, one sum) and non-negative int lengths."""
+    from secprune.secagg.session import check_name
+
+    out, seen = [], set()
     for key, lengths in epochs:
         if not isinstance(key, str):
             raise ValueError(f"epoch key: expected a str, got {type(key).__name__}")
@@ -71,9 +74,12 @@ def check_layout(epochs: Epochs) -> list[tuple[str, dict[str, int]]]:
         if not lengths:
             raise ValueError(f"epoch {key!r}: no matrix to sum")
         for name, length in lengths.items():
-            if not isinstance(name, str) or isinstance(length, bool) or not isinstance(length, (int, np.integer)) \
-                    or length < 0:
-                raise ValueError(f"epoch {key!r}: expected str names and int lengths >= 0, got {name!r}: {length!r}")
+            check_name(name, who=f"epoch {key!r}: matrix name")
+            if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
+                raise ValueError(f"epoch {key!r}: expected int lengths >= 0, got {name!r}: {length!r}")
+            if name in seen:
+                raise ValueError(f"epoch {key!r}: {name} is summed twice in one session (one input, one sum)")
+            seen.add(name)
         out.append((key, {name: int(length) for name, length in lengths.items()}))
     if not out:
         raise ValueError("epochs: expected at least one epoch")
@@ -123,6 +129,7 @@ class SecureSum:
     """Base class: subclasses implement ``_sum_matrix`` (one matrix) or their own :class:`Session`."""
 
     name = "base"
+    exact = True  # the sums are the exact sums of the inputs (a noisy wrapper says otherwise)
 
     def __init__(self, *, n_clients: int, max_value: int = 1) -> None:
         if n_clients < 1:

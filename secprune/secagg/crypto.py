@@ -20,7 +20,8 @@ from secprune.secagg.prg import derive_key
 
 __all__ = ["AEADS", "MAC_BYTES", "COMMIT_BYTES", "KIND_SELF", "KIND_KEY", "public_bytes", "mask_secret_key",
            "self_mask_key", "pair_mask_key", "share_key", "mac_key", "mac", "mac_ok", "share_commitment",
-           "seed_commitment", "advertise_message", "survivors_message", "aead_encrypt", "aead_decrypt"]
+           "seed_commitment", "graph_commitment", "graph_seed", "advertise_message", "share_message",
+           "ack_message", "survivors_message", "aead_encrypt", "aead_decrypt"]
 
 AEADS = ("aes-gcm", "chacha20-poly1305")
 MAC_BYTES = 16
@@ -57,9 +58,13 @@ def pair_mask_key(sk: X25519PrivateKey, pk: bytes, *, u: int, v: int, session: b
     return derive_key(_dh(sk, pk), info=_LABEL + b"pairwise-mask" + session + struct.pack(">I", epoch) + _pair(u, v))
 
 
-def share_key(sk: X25519PrivateKey, pk: bytes, *, u: int, v: int, session: bytes) -> bytes:
-    """AEAD key c_uv = KA.agree(c_u^SK, c_v^PK) that encrypts the shares u sends v."""
-    return derive_key(_dh(sk, pk), info=_LABEL + b"share-enc" + session + _pair(u, v))
+def share_key(esk: X25519PrivateKey | bytes, pk: bytes, *, dealer: int, holder: int, session: bytes) -> bytes:
+    """AEAD key of the shares ``dealer`` sends ``holder``: KA.agree of the dealer's ephemeral key (one per SHARE
+    message, kept by the dealer so that it can open that one message if the holder complains) with the holder's
+    advertised c^PK; either end derives it (the holder from c^SK and the ephemeral public key)."""
+    if isinstance(esk, bytes):
+        esk = X25519PrivateKey.from_private_bytes(esk)
+    return derive_key(_dh(esk, pk), info=_LABEL + b"share-enc" + session + struct.pack(">II", dealer, holder))
 
 
 def mac_key(sk: X25519PrivateKey, pk: bytes, *, client: int, session: bytes) -> bytes:
@@ -92,9 +97,33 @@ def seed_commitment(seed: bytes, *, session: bytes, owner: int, epoch: int) -> b
     return hashlib.sha256(_LABEL + b"seed-commit" + session + struct.pack(">II", owner, epoch) + seed).digest()
 
 
-def advertise_message(body: bytes, *, session: bytes, client: int) -> bytes:
-    """What client u signs when it advertises its keys (Bonawitz et al.: sigma_u = SIG.sign(d_u^SK, c || s))."""
-    return _LABEL + b"advertise" + session + struct.pack(">I", client) + body
+def graph_commitment(nonce: bytes, *, session: bytes, client: int) -> bytes:
+    """Commitment to client u's graph nonce r_u, signed in its advertisement before any nonce is revealed."""
+    return hashlib.sha256(_LABEL + b"graph-commit" + session + struct.pack(">I", client) + nonce).digest()
+
+
+def graph_seed(reveals: dict[int, bytes], *, session: bytes) -> bytes:
+    """Seed of the neighbour graph: the hash of every committed member's revealed nonce (no single party chooses
+    it, and the member set was fixed, signed, before any nonce was revealed)."""
+    body = b"".join(struct.pack(">I", u) + reveals[u] for u in sorted(reveals))
+    return hashlib.sha256(_LABEL + b"graph-seed" + session + body).digest()
+
+
+def advertise_message(keys_hash: bytes, commit: bytes, *, session: bytes, client: int) -> bytes:
+    """What client u signs when it advertises its keys (Bonawitz et al.: sigma_u = SIG.sign(d_u^SK, c || s)):
+    SHA-256 of its keys and its graph commitment, so the commitment can be checked without the keys."""
+    return _LABEL + b"advertise" + session + struct.pack(">I", client) + keys_hash + commit
+
+
+def share_message(data: bytes) -> bytes:
+    """What a dealer signs on each SHARE message (header, commitments, ephemeral key, ciphertext): a holder's
+    complaint then proves which message the dealer sent, and a server that alters one is caught."""
+    return _LABEL + b"share" + hashlib.sha256(data).digest()
+
+
+def ack_message(body: bytes, *, session: bytes, client: int) -> bytes:
+    """What holder u signs when it acknowledges its shares (its complaints, with the SHARE messages in question)."""
+    return _LABEL + b"ack" + session + struct.pack(">I", client) + hashlib.sha256(body).digest()
 
 
 def survivors_message(survivors: list[int], *, session: bytes, epoch: int) -> bytes:

@@ -35,10 +35,13 @@ from secprune.secagg.crypto import public_bytes
 from secprune.secagg.errors import ProtocolError, SecAggAbortError
 from secprune.secagg.he_packing import batching_prime, decode_slots, encode_slots, slot_packing, uniform_mod
 from secprune.secagg.identity import IdentityKey, KeyDirectory
+from secprune.secagg.ledger import Ledger, content_digest
 from secprune.secagg.messages import KEY_HOLDER, SERVER, MsgType, Reader, decode, encode, party_name
-from secprune.secagg.params import he_threshold
+from secprune.secagg.params import Threat, he_threshold
+from secprune.secagg.params import threat as _make_threat
 from secprune.secagg.prg import MaskPRG, derive_key
 from secprune.secagg.ring import pack, packed_size, unpack
+from secprune.secagg.session import check_name
 
 __all__ = ["HEConfig", "KeyHolder", "HEClient", "HEServer", "HESum", "batching_prime", "slot_packing",
            "encode_slots", "decode_slots"]
@@ -103,6 +106,14 @@ def _mask_key(shared: bytes, cfg: HEConfig, client: int) -> bytes:
     return derive_key(shared, info=_LABEL + b"mask" + cfg.rid + struct.pack(">I", client))
 
 
+def _decode(who: str, message, **kw):
+    """:func:`decode` whose refusals name the party that refuses and what it refused."""
+    try:
+        return decode(message, **kw)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{who}: {kw['expect'].name} refused: {exc}") from None
+
+
 def _upload_message(signed: bytes) -> bytes:
     return _LABEL + b"upload" + hashlib.sha256(signed).digest()
 
@@ -113,7 +124,7 @@ def _context_message(data: bytes) -> bytes:
 
 def _parse_upload(cfg: HEConfig, message: bytes, ctx, directory: KeyDirectory, who: str) -> tuple[int, bytes, list]:
     """(sender, c_pk, loaded ciphertexts) of a signed HE_CIPHERTEXTS message, all checked; else ProtocolError."""
-    header, payload = decode(message, expect=MsgType.HE_CIPHERTEXTS, round_id=cfg.round_id, receiver=SERVER)
+    header, payload = _decode(who, message, expect=MsgType.HE_CIPHERTEXTS, round_id=cfg.round_id, receiver=SERVER)
     u = header.sender
     if u >= cfg.n_clients:
         raise ProtocolError(f"{who}: ciphertexts from unknown {party_name(u)}")
@@ -148,8 +159,8 @@ def _parse_upload(cfg: HEConfig, message: bytes, ctx, directory: KeyDirectory, w
 class KeyHolder:
     """Holds the BFV secret key; publishes the signed public context and decrypts only verified sums."""
 
-    def __init__(self, *, identity: IdentityKey, directory: KeyDirectory, threshold: int,
-                 poly_modulus_degree: int = 4096, plain_modulus_bits: int = 40) -> None:
+    def __init__(self, *, identity: IdentityKey, directory: KeyDirectory, threshold: int | None = None,
+                 threat: Threat | None = None, poly_modulus_degree: int = 4096, plain_modulus_bits: int = 40) -> None:
         if poly_modulus_degree not in _POLY_DEGREES:
             raise ValueError(f"poly_modulus_degree: expected one of {_POLY_DEGREES}, "
                              f"got {poly_modulus_degree}")
@@ -157,7 +168,9 @@ class KeyHolder:
             raise ValueError(f"plain_modulus_bits: expected 17..60, got {plain_modulus_bits}")
         if directory.keys.get(KEY_HOLDER) != identity.public:
             raise ValueError("key holder: its identity key is not the one pinned in the directory")
-        self.threshold = he_threshold(n_clients=directory.n_clients, threshold=threshold, flag_prefix="")
+        self.threat = threat or _default_threat(directory.n_clients)
+        self.threshold = he_threshold(n_clients=directory.n_clients, threat=self.threat, threshold=threshold,
+                                      flag_prefix="")
         ts = _ts()
         self.plain_modulus = batching_prime(bits=plain_modulus_bits, poly_modulus_degree=poly_modulus_degree)
         self.poly_modulus_degree = poly_modulus_degree
@@ -173,7 +186,7 @@ class KeyHolder:
         """The secret context and the rounds already decrypted (secret: keep it private)."""
         return {"context": self._ctx.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False,
                                                save_relin_keys=False),
-                "threshold": self.threshold, "plain_modulus": self.plain_modulus,
+                "threshold": self.threshold, "threat": self.threat.as_dict(), "plain_modulus": self.plain_modulus,
                 "poly_modulus_degree": self.poly_modulus_degree, "done": sorted(self._done)}
 
     @classmethod
@@ -183,6 +196,10 @@ class KeyHolder:
             raise ValueError("key holder: its identity key is not the one pinned in the directory")
         holder._ctx = _ts().context_from(state["context"])
         holder.threshold, holder.plain_modulus = int(state["threshold"]), int(state["plain_modulus"])
+        t = state["threat"]
+        holder.threat = Threat(n_clients=t["clients"], colluders=t["colluders"], dropouts=t["dropouts"],
+                               min_contributors=t["min_contributors"], sigma=t["sigma"], eta=t["eta"],
+                               redraws=t["redraws"])
         holder.poly_modulus_degree = int(state["poly_modulus_degree"])
         holder._identity, holder.directory = identity, directory
         holder._round, holder._sum, holder._added = None, None, []
@@ -208,7 +225,8 @@ class KeyHolder:
     def receive_upload(self, cfg: HEConfig, message: bytes) -> None:
         """HE_FORWARD: one client's signed upload; checked, then added (atomically) to this round's sum."""
         self._check_cfg(cfg)
-        header, inner = decode(message, expect=MsgType.HE_FORWARD, round_id=cfg.round_id, receiver=KEY_HOLDER)
+        header, inner = _decode("key holder", message, expect=MsgType.HE_FORWARD, round_id=cfg.round_id,
+                                receiver=KEY_HOLDER)
         if header.sender != SERVER:
             raise ProtocolError(f"key holder: HE_FORWARD from {party_name(header.sender)}, not the server")
         u, _, cts = _parse_upload(cfg, inner, self._ctx, self.directory, "key holder")
@@ -221,7 +239,8 @@ class KeyHolder:
     def decrypt(self, cfg: HEConfig, message: bytes) -> bytes:
         """HE_DECRYPT (the senders the server forwarded) -> HE_RESULT, if at least t distinct signed uploads."""
         self._check_cfg(cfg)
-        header, payload = decode(message, expect=MsgType.HE_DECRYPT, round_id=cfg.round_id, receiver=KEY_HOLDER)
+        header, payload = _decode("key holder", message, expect=MsgType.HE_DECRYPT, round_id=cfg.round_id,
+                                  receiver=KEY_HOLDER)
         if header.sender != SERVER:
             raise ProtocolError(f"key holder: HE_DECRYPT from {party_name(header.sender)}, not the server")
         r = Reader(payload)
@@ -244,7 +263,7 @@ class KeyHolder:
 
 
 def _verified_context(message: bytes, directory: KeyDirectory, receiver: int, who: str):
-    header, payload = decode(message, expect=MsgType.HE_CONTEXT, round_id=0, receiver=receiver)
+    header, payload = _decode(who, message, expect=MsgType.HE_CONTEXT, round_id=0, receiver=receiver)
     if len(payload) < 64 or not directory.verify(KEY_HOLDER, _context_message(payload[:-64]), payload[-64:]):
         raise ProtocolError(f"{who}: the HE context is not signed by the pinned key holder (substituted); refused")
     ctx = _ts().context_from(payload[:-64])
@@ -254,20 +273,29 @@ def _verified_context(message: bytes, directory: KeyDirectory, receiver: int, wh
 
 
 class HEClient:
-    """A client: verifies the key holder's context, range-checks, masks, encrypts and signs its vector."""
+    """A client: verifies the key holder's context, range-checks, masks, encrypts and signs its vector.
+
+    ``ledger`` is its record of released inputs (default: a fresh in-memory one): a vector is encrypted for one
+    round at most, whatever round id, name or run the server asks it under (:mod:`secprune.secagg.ledger`).
+    """
 
     def __init__(self, client_id: int, context_message: bytes, *, identity: IdentityKey,
-                 directory: KeyDirectory) -> None:
+                 directory: KeyDirectory, ledger: Ledger | None = None) -> None:
         if directory.keys.get(client_id) != identity.public:
             raise ValueError(f"client {client_id}: the identity key is not the one pinned in the directory")
         self.id = client_id
         self._ctx = _verified_context(context_message, directory, client_id, f"client {client_id}")
         self._identity = identity
         self._prg = MaskPRG()
+        self.ledger = ledger if ledger is not None else Ledger()
 
-    def encrypt(self, cfg: HEConfig, vector: np.ndarray) -> bytes:
-        """HE_CIPHERTEXTS: c_pk | B | P | n | count | ciphertexts of (packed slots + mask) | signature."""
-        vector = check_vector(vector, length=cfg.length, max_value=cfg.max_value, who=f"client {self.id}")
+    def encrypt(self, cfg: HEConfig, vector: np.ndarray, *, name: str = "vector") -> bytes:
+        """HE_CIPHERTEXTS: c_pk | B | P | n | count | ciphertexts of (packed slots + mask) | signature.
+
+        The vector is range-checked and recorded as spent in the ledger before anything is encrypted."""
+        name = check_name(name, who=f"client {self.id}: matrix name")
+        vector = check_vector(vector, length=cfg.length, max_value=cfg.max_value, who=f"client {self.id}: {name}")
+        self.ledger.spend([(name, content_digest(vector))], who=f"client {self.id}")
         base, per_slot = cfg.packing
         t = cfg.plain_modulus
         c_sk = X25519PrivateKey.generate()
@@ -288,10 +316,11 @@ class HEServer:
     """Checks and forwards signed uploads, asks for the verified sum, removes the masks, checks the range."""
 
     def __init__(self, cfg: HEConfig, context_message: bytes, *, directory: KeyDirectory,
-                 server_key: X25519PrivateKey) -> None:
+                 server_key: X25519PrivateKey, min_contributors: int = 3) -> None:
         if public_bytes(server_key) != cfg.server_key:
             raise ValueError("server: cfg.server_key must be the public key of server_key")
         self.cfg = cfg
+        self.min_contributors = min_contributors
         self._ctx = _verified_context(context_message, directory, SERVER, "server")
         self.directory = directory
         self._sk = server_key
@@ -311,6 +340,14 @@ class HEServer:
         return encode(MsgType.HE_FORWARD, round_id=self.cfg.round_id, sender=SERVER, receiver=KEY_HOLDER,
                       payload=message)
 
+    def withdraw(self, client: int) -> None:
+        """Leave out an accepted upload before the decryption request (its sender was dropped elsewhere)."""
+        if self._stage != "upload":
+            raise ProtocolError(f"server (he, {self._stage}): an upload withdrawn after the upload closed")
+        if client in self._c_pks:
+            del self._c_pks[client]
+            self.uploaded.remove(client)
+
     def decrypt_request(self) -> bytes:
         """HE_DECRYPT: the senders whose uploads were forwarded."""
         if self._stage != "upload":
@@ -327,7 +364,8 @@ class HEServer:
         if self._stage != "result":
             raise ProtocolError(f"server (he, {self._stage}): HE_RESULT out of stage")
         cfg = self.cfg
-        header, payload = decode(message, expect=MsgType.HE_RESULT, round_id=cfg.round_id, receiver=SERVER)
+        header, payload = _decode("server (he, result)", message, expect=MsgType.HE_RESULT, round_id=cfg.round_id,
+                                  receiver=SERVER)
         if header.sender != KEY_HOLDER:
             raise ProtocolError(f"server (he, result): expected from the key holder, got {party_name(header.sender)}")
         r = Reader(payload)
@@ -342,6 +380,9 @@ class HEServer:
             mask = uniform_mod(_mask_key(shared, cfg, u), count=cfg.slots, modulus=cfg.plain_modulus)
             slots = (slots + (t - mask)) % t
         base, per_slot = cfg.packing
+        if len(self.uploaded) < self.min_contributors:
+            raise SecAggAbortError(f"server (he, result): {len(self.uploaded)} contributors, fewer than the "
+                                   f"{self.min_contributors} every released sum needs; result refused")
         top = len(self.uploaded) * cfg.max_value
         total = decode_slots(slots.astype(np.int64), base=base, per_slot=per_slot, n=cfg.length) \
             if (slots < np.uint64(base**per_slot)).all() else None
@@ -356,21 +397,27 @@ class HESum(SecureSum):
     """Simulated BFV summation among clients, a server and a separate key holder, all messages as bytes.
 
     Options: ``poly_modulus_degree`` N (default 4096), ``plain_modulus_bits`` (default 40: P entries per slot
-    as in :func:`slot_packing`; up to 60), ``threshold`` (signed uploads the key holder needs before it
-    decrypts; default ceil(2n/3), at least floor(n/2) + 1) and ``dropouts`` (``{"upload": ids}``: those
-    clients send nothing; the result is the survivors' sum, ``last_survivors``).  The key holder's signed
-    public context goes to the server and every client once, in the first round.
+    as in :func:`slot_packing`; up to 60), the threat (``colluders``, ``dropout_budget``, ``min_contributors``,
+    as for :class:`~secprune.secagg.pairwise.PairwiseSum`), ``threshold`` (signed uploads the key holder needs
+    before it decrypts; default and floor: the most of the minimum contributors and floor(n/2) + 1) and
+    ``dropouts`` (``{"upload": ids}``: those clients send nothing; the result is the survivors' sum,
+    ``last_survivors``).  The key holder's signed public context goes to the server and every client once,
+    in the first round; every client keeps one ledger across the summer's rounds.
     """
 
     name = "he"
 
     def __init__(self, *, n_clients: int, max_value: int = 1, seed: int = 0, poly_modulus_degree: int = 4096,
                  plain_modulus_bits: int = 40, threshold: int | None = None,
-                 dropouts: Mapping[str, Iterable[int]] | None = None) -> None:
+                 colluders: int | float | str | None = None, dropout_budget: int | float | str | None = None,
+                 min_contributors: int | None = None, dropouts: Mapping[str, Iterable[int]] | None = None,
+                 threat: Threat | None = None) -> None:
         super().__init__(n_clients=n_clients, max_value=max_value)
         if not isinstance(max_value, (int, np.integer)) or max_value < 1:
             raise ValueError(f"max_value: expected an int >= 1, got {max_value!r}")
-        self.threshold = he_threshold(n_clients=n_clients, threshold=threshold, flag_prefix="")
+        self.threat = threat or _make_threat(n_clients, colluders=colluders, dropouts=dropout_budget,
+                                             min_contributors=min_contributors, flag_prefix="")
+        self.threshold = he_threshold(n_clients=n_clients, threat=self.threat, threshold=threshold, flag_prefix="")
         unknown = set(dropouts or {}) - {"upload"}
         if unknown:
             raise ValueError(f"dropouts: the he backend supports only the 'upload' stage, "
@@ -381,7 +428,8 @@ class HESum(SecureSum):
         self._identities = {i: IdentityKey.generate() for i in (*range(n_clients), KEY_HOLDER)}
         self.directory = KeyDirectory({i: k.public for i, k in self._identities.items()})
         self.key_holder = KeyHolder(identity=self._identities[KEY_HOLDER], directory=self.directory,
-                                    threshold=self.threshold, poly_modulus_degree=poly_modulus_degree,
+                                    threshold=self.threshold, threat=self.threat,
+                                    poly_modulus_degree=poly_modulus_degree,
                                     plain_modulus_bits=plain_modulus_bits)
         self.base, self.per_slot = slot_packing(n_clients=n_clients, max_value=int(max_value),
                                                 plain_modulus=self.key_holder.plain_modulus)
@@ -390,6 +438,7 @@ class HESum(SecureSum):
         self._nonce = os.urandom(8)
         self._counter = 0
         self._clients: dict[int, HEClient] | None = None
+        self.ledgers = {i: Ledger() for i in range(n_clients)}
         self._context: bytes | None = None
         self.last_survivors: list[int] = []
 
@@ -405,7 +454,8 @@ class HESum(SecureSum):
         for i in range(self.n_clients):
             fwd = self._send(SERVER, i, encode(MsgType.HE_CONTEXT, round_id=0, sender=SERVER, receiver=i,
                                                payload=payload))
-            self._clients[i] = HEClient(i, fwd, identity=self._identities[i], directory=self.directory)
+            self._clients[i] = HEClient(i, fwd, identity=self._identities[i], directory=self.directory,
+                                        ledger=self.ledgers[i])
 
     def _sum_matrix(self, key: str, vectors: list[np.ndarray]) -> np.ndarray:
         if self._clients is None:
@@ -417,12 +467,17 @@ class HESum(SecureSum):
                        plain_modulus=self.key_holder.plain_modulus,
                        poly_modulus_degree=self.key_holder.poly_modulus_degree,
                        server_key=public_bytes(self._server_sk))
-        server = HEServer(cfg, self._context, directory=self.directory, server_key=self._server_sk)
+        server = HEServer(cfg, self._context, directory=self.directory, server_key=self._server_sk,
+                          min_contributors=self.threat.min_contributors)
         for i in range(self.n_clients):
             if i not in self.dropped:
-                fwd = server.receive(self._send(i, SERVER, self._clients[i].encrypt(cfg, vectors[i])))
+                fwd = server.receive(self._send(i, SERVER, self._clients[i].encrypt(cfg, vectors[i], name=key)))
                 self.key_holder.receive_upload(cfg, self._send(SERVER, KEY_HOLDER, fwd))
         request = self._send(SERVER, KEY_HOLDER, server.decrypt_request())
         result = server.result(self._send(KEY_HOLDER, SERVER, self.key_holder.decrypt(cfg, request)))
         self.last_survivors = sorted(server.uploaded)
         return result
+
+
+def _default_threat(n_clients: int) -> Threat:
+    return _make_threat(n_clients)

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from secprune.outdir import write_private
 from secprune.secagg.messages import KEY_HOLDER, party_name
 
-__all__ = ["IdentityKey", "KeyDirectory", "generate_identities", "load_identities"]
+__all__ = ["IdentityKey", "KeyDirectory", "generate_identities", "load_identities", "read_authority"]
 
 FORMAT = "secprune-secagg-directory/1"
 
@@ -124,8 +124,13 @@ def _key_file(folder: Path, party: int) -> Path:
     return folder / f"{party_name(party)}.pem"
 
 
-def generate_identities(folder: str | Path, *, n_clients: int, key_holder: bool = False) -> KeyDirectory:
-    """Create ``client{i}.pem`` (and ``keyholder.pem``) and ``directory.json`` in ``folder``."""
+AUTHORITY_KEY, AUTHORITY_PUB = "authority.pem", "authority.pub"
+
+
+def generate_identities(folder: str | Path, *, n_clients: int, key_holder: bool = False,
+                        authority: IdentityKey | None = None) -> KeyDirectory:
+    """Create ``client{i}.pem`` (and ``keyholder.pem``) and ``directory.json`` in ``folder``; with ``authority``
+    the directory is signed by it and its public key is written to ``authority.pub`` (hex)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     parties = list(range(n_clients)) + ([KEY_HOLDER] if key_holder else [])
@@ -135,15 +140,43 @@ def generate_identities(folder: str | Path, *, n_clients: int, key_holder: bool 
         identity.save(_key_file(folder, party))
         keys[party] = identity.public
     directory = KeyDirectory(keys)
+    if authority is not None:
+        directory = directory.signed_by(authority)
+        (folder / AUTHORITY_PUB).write_text(authority.public.hex() + "\n")
     directory.save(folder / "directory.json")
     return directory
 
 
-def load_identities(folder: str | Path, *, authority: bytes | None = None
+def read_authority(value: str | Path | bytes | None) -> bytes | None:
+    """An authority's 32-byte Ed25519 public key from raw bytes, 64 hex digits, or a file holding them."""
+    if value is None or value == "" or value == b"":
+        return None
+    if isinstance(value, bytes) and len(value) == 32:
+        return value
+    text = str(value).strip()
+    if len(text) != 64 or any(ch not in "0123456789abcdefABCDEF" for ch in text):
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"authority {text!r}: expected 64 hex digits or a file holding them")
+        text = path.read_text().strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ValueError("authority: expected a 32-byte Ed25519 public key as 64 hex digits")
+    return key
+
+
+def load_identities(folder: str | Path, *, authority: bytes | str | Path | None = None
                     ) -> tuple[KeyDirectory, dict[int, IdentityKey]]:
-    """The directory and every private key found in ``folder``; each key must match its pinned public key."""
+    """The directory and every private key found in ``folder``; each key must match its pinned public key.
+
+    With ``authority`` (or an ``authority.pub`` in ``folder``) the directory's signature must verify."""
     folder = Path(folder)
-    directory = KeyDirectory.load(folder / "directory.json", authority=authority)
+    if authority is None and (folder / AUTHORITY_PUB).is_file():
+        authority = folder / AUTHORITY_PUB
+    directory = KeyDirectory.load(folder / "directory.json", authority=read_authority(authority))
     identities = {}
     for party in directory.keys:
         path = _key_file(folder, party)

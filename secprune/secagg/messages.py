@@ -24,7 +24,7 @@ __all__ = ["HEADER", "SERVER", "KEY_HOLDER", "MsgType", "Header", "encode", "dec
            "Reader", "party_name"]
 
 MAGIC = b"SA"
-VERSION = 2
+VERSION = 3
 HEADER = struct.Struct(">2sBBQII")
 SERVER = 0xFFFFFFFF
 KEY_HOLDER = 0xFFFFFFFE
@@ -43,11 +43,17 @@ class MsgType(IntEnum):
     SURVIVORS_SIGNATURE = 8  # client -> server: epoch | signature of (session, epoch, U3)
     UNMASK_REQUEST = 9  # server -> client: epoch | count | count x [signer id | signature]
     UNMASK_RESPONSE = 10  # client -> server: epoch | count | count x [kind | owner | share] | MAC
+    COMMITS = 11  # server -> client (sparse graph): count | count x [id | keys hash | graph commitment | signature]
+    REVEAL = 12  # client -> server (sparse graph): the graph nonce r_u
+    SHARES_ACK = 13  # client -> server: count | count x [dealer | len | SHARE] (complaints) | signature
+    OPEN_REQUEST = 14  # server -> client: count | count x [len | a holder's signed SHARES_ACK naming it]
+    OPEN = 15  # client -> server: count | count x [holder | ephemeral secret key] | MAC
     HE_CONTEXT = 16  # key holder -> server -> client: TenSEAL public context | signature
     HE_CIPHERTEXTS = 17  # client -> server: c_pk | B | P | n | count | ciphertexts | signature
     HE_FORWARD = 18  # server -> key holder: one client's HE_CIPHERTEXTS message, unchanged
     HE_DECRYPT = 19  # server -> key holder: count | sender ids whose uploads were forwarded
     HE_RESULT = 20  # key holder -> server: bits | slots | packed masked slot sums
+    CONFIRM = 21  # server -> client: count | ids of U2 (accepted sharers) | count | [excluded id | reason]
 
 
 def party_name(party: int) -> str:

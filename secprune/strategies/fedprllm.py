@@ -31,13 +31,14 @@ class FedPrLLM(Strategy):
 
     def __init__(self, *, method: Method, n_clients: int, sparsity: float, local_group: str = "row",
                  server_group: str = "layer", strategy: str = "one-shot", scaling: bool = False, seed: int = 0,
-                 stable_ties: bool = False, keep_counts: bool = True) -> None:
+                 stable_ties: bool = False, keep_counts: bool = True, check_counts: bool = True) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"--strategy: expected one of {STRATEGIES}, got {strategy!r}")
         self.method, self.n_clients, self.sparsity = method, n_clients, sparsity
         self.local_group, self.server_group, self.strategy = local_group, server_group, strategy
         self.scaling, self.seed = scaling, seed
         self.stable_ties = stable_ties  # --numerics reference: ties to the lower index, as upstream's stable sort
+        self.check_counts = check_counts  # exact sums: every group must hold voters x k votes (not with DP noise)
         # vote counts M_hat per matrix, as the server learnt them; kept after each step only when scaling
         # needs them or ``keep_counts`` (a byte per weight: 1.3 GB on a 1.5B model)
         self.counts: dict[str, torch.Tensor] = {}
@@ -125,6 +126,9 @@ class FedPrLLM(Strategy):
         for n, s in sums.items():
             full = f"layers.{task.layer}.{n}"
             counts = count_tensor(s["mask"], len(task.clients))
+            if self.check_counts:
+                check_group_totals(counts, voters=len(task.clients), sparsity=self.sparsity, group=self.local_group,
+                                   name=full)
             state["counts"][full] = counts
             state["voters"][full] = len(task.clients)
             state["final"][full] = final_mask(counts, sparsity=self.sparsity, group=self.server_group,
@@ -144,6 +148,24 @@ class FedPrLLM(Strategy):
                 "strategy": self.strategy, "server_group": self.server_group, "scaling": self.scaling,
                 "stable_ties": self.stable_ties, "method_class": type(self.method).__name__,
                 "pad_to": getattr(self.method, "pad_to", None)}
+
+
+def check_group_totals(counts: torch.Tensor, *, voters: int, sparsity: float, group: str, name: str) -> None:
+    """Every client's mask prunes exactly k = int(sparsity * group size) entries of each comparison group, so
+    every group of the summed votes holds exactly voters x k; any other total means a client submitted a
+    malformed mask (a shifted, doubled or negative entry), and the sum is refused.  Compensating changes
+    inside one group pass this check (it sees the sum only); the he backend checks each client's input."""
+    from secprune.secagg.errors import ProtocolError
+    from secprune.topk import group_size
+
+    k = int(group_size(tuple(counts.shape), group) * sparsity)
+    dims = {"row": (-1,), "column": (-2,), "layer": (-2, -1)}[group]
+    totals = counts.to(torch.int64).sum(dim=dims)
+    bad = int((totals != voters * k).sum())
+    if bad:
+        worst = int((totals - voters * k).abs().max())
+        raise ProtocolError(f"{name}: {bad} {group} groups of the summed masks do not hold {voters} x {k} votes "
+                            f"(off by up to {worst}): a client submitted a malformed mask; result refused")
 
 
 def _masked(layer: dict[str, torch.Tensor], update: ClientUpdate | None) -> dict[str, torch.Tensor]:
