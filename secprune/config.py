@@ -108,6 +108,11 @@ class PruneConfig:
                                        help="survivors needed to finish a sum (pairwise: of each client's share "
                                             "holders; he: of the clients); refused below the safe level for the "
                                             "colluders (default: the smallest safe one)")
+    secagg_validate: bool = opt(True, group="secure aggregation",
+                                help="--secure-agg he: every client proves its mask valid (0/1 entries, exactly k "
+                                     "pruned per comparison group, ciphertexts that encrypt it) to the server and "
+                                     "key holder together; an invalid one is named and left out "
+                                     "(--no-secagg-validate skips the proofs)")
     secagg_keys: str | None = opt(None, group="secure aggregation", metavar="DIR",
                                   help="--secure-agg pairwise: folder of the clients' long-term Ed25519 keys and "
                                        "the pinned key directory (made by `secprune keys`); default: fresh keys "
@@ -251,6 +256,7 @@ class PruneConfig:
                           dropouts=self.secagg_dropouts, min_contributors=self.secagg_min_contributors)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        need(self.secagg_validate or self.secure_agg == "he", "--no-secagg-validate: only used with --secure-agg he")
         need(self.secagg_keys is None or self.secure_agg == "pairwise",
              "--secagg-keys: only used with --secure-agg pairwise")
         need(self.secagg_keys is None or Path(self.secagg_keys).is_dir(),

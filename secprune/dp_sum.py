@@ -96,8 +96,9 @@ class NoisySum:
             return np.random.default_rng(secrets.randbits(128))
         return np.random.default_rng([self._seed, zlib.crc32(label.encode()), i])
 
-    def open_session(self, key: str, epochs) -> _NoisySession:
-        """A session of the inner backend over the same matrices, each one entry longer (the survivor count)."""
+    def open_session(self, key: str, epochs, rules=None) -> _NoisySession:
+        """A session of the inner backend over the same matrices, each one entry longer (the survivor count).
+        ``rules`` are not passed on: noisy shares are not masks (the inner sum checks their range only)."""
         layout = check_layout(epochs)
         inner = self.inner.open_session(key, [(e, {n: length + 1 for n, length in lengths.items()})
                                               for e, lengths in layout])

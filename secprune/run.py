@@ -94,6 +94,8 @@ def secagg_options(cfg: PruneConfig) -> dict:
                                    min_contributors=cfg.secagg_min_contributors)}
     if cfg.secagg_threshold is not None:
         opts["threshold"] = cfg.secagg_threshold
+    if cfg.secure_agg == "he":
+        opts["validate"] = cfg.secagg_validate
     if cfg.secure_agg == "pairwise":
         if cfg.secagg_neighbours:
             opts["neighbours"] = cfg.secagg_neighbours

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from secprune.checkpoint import StepCheckpoint, fingerprint, model_id
 from secprune.masks import MaskSet
 from secprune.replay import Replay, check_parts
-from secprune.secagg import SecureSum, Session
+from secprune.secagg import ProtocolError, SecureSum, Session
+from secprune.secagg.he_validation import Rule
 from secprune.strategies.base import ClientUpdate, Kind, Strategy, Task
 
 
@@ -94,13 +95,17 @@ class Sessions:
                 if self.strategy.session_scope(t) != scope:
                     break
                 steps.append(t.step)
-            epochs = []
+            epochs, rules = [], {}
             for step in steps:
                 layer = self.tasks[step].layer  # a task's step is its position in the plan
-                epochs.append((f"layers.{layer}", {f"layers.{layer}.{n}": int(np.prod(s))
-                                                   for n, s in self.shapes(layer).items()}))
+                shapes = self.shapes(layer)
+                epochs.append((f"layers.{layer}", {f"layers.{layer}.{n}": int(np.prod(s)) for n, s in shapes.items()}))
+                for n, s in shapes.items():
+                    rule = self.strategy.input_rule(self.tasks[step], kind, tuple(s))
+                    if rule is not None:
+                        rules[f"layers.{layer}.{n}"] = Rule.decode(rule)
             label = scope if len(self.strategy.kinds(task)) == 1 else f"{scope}/{kind.name}"
-            self.open[key] = (summer.open_session(label, epochs), steps)
+            self.open[key] = (summer.open_session(label, epochs, rules=rules), steps)
         session, steps = self.open[key]
         return session, steps.index(task.step)
 
@@ -121,6 +126,10 @@ class Sessions:
             before = dict(summer.log.sent)
             totals = session.sum_epoch(epoch, lambda k, name, kind=kind.name: updates[task.clients[k]].vectors[
                 name[prefix:]][kind])
+            if getattr(summer, "rejected", None):  # every client here runs this code: a failed proof is a bug
+                raise ProtocolError(f"layer {task.layer}: inputs rejected by validation: "
+                                    + "; ".join(f"client {task.clients[k]} ({why})"
+                                                for k, why in sorted(summer.rejected.items())))
             sent = sent if sent is not None else dict.fromkeys(task.clients, 0)
             for k, i in enumerate(task.clients):
                 sent[i] += summer.log.sent.get(f"client{k}", 0) - before.get(f"client{k}", 0)

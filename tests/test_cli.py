@@ -81,6 +81,7 @@ def test_keep_calibration_is_owner_only(tiny_folder, client_files, tmp_path):
     (["--secure-agg", "he", "--secagg-threshold", "17"], "--secagg-threshold 17: above the 16 clients"),
     (["--secagg-threshold", "3"], "--secagg-threshold 3: --secure-agg none has no secure aggregation"),
     (["--secure-agg", "he", "--secagg-keys", "/tmp"], "--secagg-keys: only used with --secure-agg pairwise"),
+    (["--secure-agg", "pairwise", "--no-secagg-validate"], "--no-secagg-validate: only used with --secure-agg he"),
     (["--method", "sparsegpt", "--sparsegpt-update", "--strategy", "iterative"], "--sparsegpt-update: no effect"),
     (["--sparsegpt-update"], "--sparsegpt-update: only with --method sparsegpt"),
     (["--local-only-clients", "2", "--baselines", "dense"], "--local-only-clients: only used with"),
@@ -264,17 +265,21 @@ def test_fedspallm_run_resumes_without_repruning(tiny_folder, client_files, tmp_
 
 
 def test_secure_aggregation_backends_give_bit_identical_final_masks(tiny_folder, federation, tmp_path):
-    finals = {}
-    for backend in ("none", "pairwise", "he"):  # three clients, none colluding: the smallest secure federation
-        out = tmp_path / backend
-        threat = ["--secagg-colluders", "0"] if backend != "none" else []
-        assert prune(tiny_folder, federation["files"], out, "--baselines", "--secure-agg", backend, *threat) == 0
-        finals[backend] = MaskSet.load(out / "final_mask.safetensors")
+    finals, sizes = {}, {}
+    for run in ("none", "pairwise", "he", "he-unchecked"):  # none colluding: the smallest secure federation
+        backend = run.split("-")[0]
+        out = tmp_path / run
+        flags = ["--secagg-colluders", "0"] if backend != "none" else []
+        flags += ["--no-secagg-validate"] if run == "he-unchecked" else []
+        assert prune(tiny_folder, federation["files"], out, "--baselines", "--secure-agg", backend, *flags) == 0
+        finals[run] = MaskSet.load(out / "final_mask.safetensors")
         stats = json.loads((out / "summary.json").read_text())["secure_aggregation"]
         assert stats["backend"] == backend and stats["total_bytes"] > 0
-    for backend in ("pairwise", "he"):
+        sizes[run] = stats["client_sent_bits_per_entry"]
+    for run in ("pairwise", "he", "he-unchecked"):
         for name in finals["none"].names():
-            assert np.array_equal(finals[backend].packed[name], finals["none"].packed[name])
+            assert np.array_equal(finals[run].packed[name], finals["none"].packed[name])
+    assert sizes["he"] > sizes["he-unchecked"] + 40  # the checks' input share alone is 40 bits per entry
 
 
 def test_both_algorithms_share_the_summary_schema(tiny_folder, client_files, tmp_path):

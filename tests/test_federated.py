@@ -335,3 +335,38 @@ def test_a_client_shifting_one_vote_is_refused_by_the_group_totals(model, window
     with pytest.raises(ProtocolError, match=r"layers.0.self_attn.q_proj: 1 row groups of the summed masks do not "
                                             r"hold 4 x \d+ votes .*malformed mask"):
         run(model, windows, parts, summer=summer)
+
+
+def _colluding(base):
+    """Clients 1 and 2 collude on the first matrix: 1 prunes one entry more in row 0 (j1), 2 one fewer (j2), so
+    every row of the sum still holds voters x k votes while one vote moved from j2 to j1."""
+
+    class Colluding(base):
+        def _sum_matrix(self, key, vectors, rule=None):
+            if key == "layers.0.self_attn.q_proj":
+                vectors = [v.copy() for v in vectors]
+                cols = 64  # the tiny model's hidden size: row 0 is the first 64 entries
+                j1 = int(np.flatnonzero(vectors[1][:cols] == 0)[0])
+                j2 = next(int(j) for j in np.flatnonzero(vectors[2][:cols] == 1) if j != j1)
+                vectors[1][j1], vectors[2][j2] = 1, 0
+            return super()._sum_matrix(key, vectors, rule)
+    return Colluding
+
+
+def test_compensating_colluders_pass_the_group_totals_but_not_he_validation(model, windows):
+    """Group totals see the sum only: two colluders' compensating changes pass them and move a vote.  The he
+    backend checks each client's input against the strategy's rule (exactly k pruned per row) and names both."""
+    from secprune.secagg.errors import SecAggAbortError
+    from secprune.secagg.he import HESum
+    from secprune.secagg.plain import PlainSum
+
+    parts = [np.arange(i, 8, 4) for i in range(4)]
+    name = "layers.0.self_attn.q_proj"
+    assert tuple(decoder_layers(model)[0].self_attn.q_proj.weight.shape)[1] == 64
+    honest = run(model, windows, parts, summer=PlainSum(n_clients=4))
+    forged = run(model, windows, parts, summer=_colluding(PlainSum)(n_clients=4))
+    diff = (forged.counts[name].to(torch.int64) - honest.counts[name].to(torch.int64)).reshape(-1)
+    assert sorted(diff[diff != 0].tolist()) == [-1, 1] and int(diff.sum()) == 0  # one vote moved, totals kept
+    # 2 of 4 left is below the floor of 3 contributors: the round aborts and names both
+    with pytest.raises(SecAggAbortError, match=r"inputs rejected by validation: client 1 \(.*q_proj.*\); client 2 "):
+        run(model, windows, parts, summer=_colluding(HESum)(n_clients=4, colluders=0))

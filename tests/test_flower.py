@@ -89,7 +89,7 @@ def test_distributed_run_is_bit_identical_to_the_simulation(federation, tiny_fol
         for n, w in run.strategy.global_w.items():
             assert torch.equal(w[~masks[n]].cpu(), kept[names[n]])
     expected = {"none": set(), "pairwise": {"advertise", "share", "ack", "consistency", "unmask"},
-                "he": {"he_context", "he_decrypt"}}[secure]
+                "he": {"he_context", "he_verify", "he_decrypt"}}[secure]
     assert set(transport.stages) == {"hello", "step", "finish"} | expected
     steps = transport.stages.count("step")
     assert steps == {"one-shot": 1, "iterative": 2, "fedspallm": 2}[algo]  # tiny model: 2 layers, 2 rounds
@@ -175,7 +175,8 @@ def test_server_receives_only_protocol_bytes(federation, tmp_path, secure):
         for key, value in content.items():
             # per-matrix vectors only as the backend sends them: plaintext only without a secure sum
             decrypted_sum = secure == "he" and stage == "he_decrypt" and key.endswith("/result")  # key holder
-            assert key in allowed or key.startswith(prefix) or decrypted_sum, (stage, key)
+            check_share = secure == "he" and stage == "he_verify" and key.endswith("/verify")  # key holder
+            assert key in allowed or key.startswith(prefix) or decrypted_sum or check_share, (stage, key)
             blobs = value if isinstance(value, list) else [value]
             for blob in blobs:
                 data = blob.tobytes() if isinstance(blob, np.ndarray) else blob if isinstance(blob, bytes) else \
@@ -327,3 +328,54 @@ def test_a_second_run_cannot_ask_a_node_for_the_same_inputs(federation, tmp_path
         distributed(federation, "one-shot", "pairwise", tmp_path, run_id=2)
     with pytest.raises(SecAggAbortError, match="already released"):  # the HE backend keeps the same ledger
         distributed(federation, "one-shot", "he", tmp_path, run_id=3)
+
+
+def test_he_a_client_shifting_its_upload_is_rejected_named_and_left_out(federation, tmp_path, monkeypatch):
+    """Client 2 adds 1 to a packed slot of every upload (its proof is of its true mask): the key holder's and the
+    server's shares of its checks reject it in he_verify, it is named and dropped, and the sums are exactly
+    clients 0, 1 and 3's (recomputed from their own masks in the simulation)."""
+    from secprune.secagg import he as he_mod
+
+    sim = simulate(federation, "one-shot", "none", tmp_path / "sim", "--save-client-masks")
+    clients = MaskSet.load(sim / "private" / "client_masks.safetensors")
+    real_encode, real_encrypt, who = he_mod.encode_slots, he_mod.HEClient.encrypt, {}
+
+    def encode(vector, *, base, per_slot):
+        out = real_encode(vector, base=base, per_slot=per_slot)
+        if who.get("id") == 2:
+            out[0] += 1
+        return out
+
+    def encrypt(self, cfg, vector, *, name="vector"):
+        who["id"] = self.id
+        return real_encrypt(self, cfg, vector, name=name)
+
+    monkeypatch.setattr(he_mod, "encode_slots", encode)
+    monkeypatch.setattr(he_mod.HEClient, "encrypt", encrypt)
+    run, result, _ = distributed(federation, "one-shot", "he", tmp_path)
+    assert result["clients_at_end"] == [0, 1, 3]
+    assert {(r["stage"], r["client"]) for r in run.refused} == {("he_verify", 2)}
+    assert all("do not encrypt the input it proved" in r["reason"] for r in run.refused)
+    names = param_names(run.model)
+    for n, counts in run.strategy.counts.items():
+        assert torch.equal(counts, sum(clients.get(i, names[n]).long() for i in (0, 1, 3)))
+
+
+def test_he_clients_refuse_a_rule_of_the_servers_choosing(federation, tmp_path, monkeypatch):
+    """The rule a client proves is its own strategy's: a server asking for another (a question about the input,
+    e.g. 'is entry j pruned') is refused by every client, which is dropped, and the run aborts."""
+    from secprune.secagg.he_validation import Rule
+
+    real = ServerRun._he_cfgs
+
+    def lying(self, kind, layout, batch):
+        out = real(self, kind, layout, batch)
+        for values in out.values():
+            values["rule"] = Rule("row", tuple(values["rule"]["shape"]), 1).encode()
+        return out
+
+    monkeypatch.setattr(ServerRun, "_he_cfgs", lying)
+    with pytest.raises(SecAggAbortError, match=r"client 0 at step: he round layers.0.self_attn.q_proj: the server asks "
+                                               r"for a proof of Rule\(group='row', shape=\(64, 64\), ones=1\), but "
+                                               r"this client's strategy gives .*ones=32\); refused"):
+        distributed(federation, "one-shot", "he", tmp_path)

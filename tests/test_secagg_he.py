@@ -107,8 +107,7 @@ def test_server_cannot_decrypt_and_clients_get_no_secret_key(parties):
 
     msg = parties.clients[0].encrypt(cfg, np.ones(10, np.uint8))
     server.receive(msg)
-    body = decode(msg, expect=MsgType.HE_CIPHERTEXTS, round_id=cfg.round_id)[1][:-64]
-    ct = ts.bfv_vector_from(server._ctx, body[32 + 8 + 1 + 8 + 4 + 4:])
+    ct = ts.bfv_vector_from(server._ctx, _ciphertext_part(msg)[32 + 8 + 1 + 8 + 4 + 4:])
     with pytest.raises(ValueError, match="secret"):
         ct.decrypt()
 
@@ -119,10 +118,9 @@ def test_key_holder_sees_only_masked_uploads():
     p = Parties(64)
     cfg, server = p.round(4096 * 6)
     msg = p.clients[0].encrypt(cfg, np.zeros(4096 * 6, np.uint8))
-    body = decode(msg, expect=MsgType.HE_CIPHERTEXTS, round_id=cfg.round_id)[1][:-64]
     import tenseal as ts
 
-    ct = ts.bfv_vector_from(p.holder._ctx, body[32 + 8 + 1 + 8 + 4 + 4:])
+    ct = ts.bfv_vector_from(p.holder._ctx, _ciphertext_part(msg)[32 + 8 + 1 + 8 + 4 + 4:])
     slots = np.mod(np.asarray(ct.decrypt(), np.int64), p.holder.plain_modulus)
     assert not (slots == 0).all()  # the plaintext was all zeros
     assert 0.03 < (slots < 65**6).mean() < 0.12 and 0.45 < (slots < p.holder.plain_modulus // 2).mean() < 0.55
@@ -136,16 +134,19 @@ def test_key_holder_is_a_separate_party_in_the_byte_log():
     assert set(stats["per_round"]["a"]["sent"]) == {"keyholder", "server", "client0", "client1", "client2"}
 
 
-def test_he_wire_is_under_40_bits_per_entry():
+@pytest.mark.parametrize("validate, bits", [(False, 40), (True, 80)])
+def test_he_wire_bits_per_entry(validate, bits):
+    """About 30 bits per entry for the ciphertexts; validation adds the 40-bit share of the input and a proof
+    of about 4 sqrt(L) residues."""
     n = 64
     length = 4096 * 6 * 4  # four full ciphertexts per client
-    summer = make_summer("he", n_clients=n)
+    summer = make_summer("he", n_clients=n, validate=validate)
     summer.sum("warm-up", [np.zeros(1, np.uint8)] * n)  # the public context is sent in the first round
     rng = np.random.default_rng(0)
     vectors = [rng.integers(0, 2, length).astype(np.uint8) for _ in range(n)]
     np.testing.assert_array_equal(summer.sum("layer", vectors), np.sum(vectors, axis=0))
     upload = summer.stats()["per_round"]["layer"]["sent"]["client0"]
-    assert 8 * upload / length < 40
+    assert bits - 40 < 8 * upload / length < bits
 
 
 # -- attacks ----------------------------------------------------------------------------------------------------
@@ -166,8 +167,10 @@ def test_key_holder_refuses_to_decrypt_a_single_upload_passed_off_as_the_aggrega
     p.holder.receive_upload(cfg, _forward(cfg, victim))
     with pytest.raises(SecAggAbortError, match="only 1 signed uploads in this round, fewer than t=3; refused"):
         p.holder.decrypt(cfg, _decrypt_request(cfg, [0]))
-    with pytest.raises(ProtocolError, match=r"asked to decrypt the sum of clients \[0, 1\], but it added .*\[0\]"):
+    with pytest.raises(ProtocolError, match=r"asked to decrypt the sum of clients \[0, 1\], but it accepted .*\[0\]"):
         p.holder.decrypt(cfg, _decrypt_request(cfg, [0, 1]))  # claims an upload it never forwarded
+    with pytest.raises(ProtocolError, match=r"sum of clients \[0, 0, 0\], but it accepted .*\[0\]"):
+        p.holder.decrypt(cfg, _decrypt_request(cfg, [0, 0, 0]))  # one upload listed t times
     with pytest.raises(ProtocolError, match="forwarded twice"):
         p.holder.receive_upload(cfg, _forward(cfg, victim))  # the same upload counted twice
 
@@ -200,14 +203,22 @@ def test_key_holder_decrypts_each_round_once_and_uses_its_own_threshold():
     assert p.holder.threshold == 3  # not taken from any server message
 
 
-def _signed_upload(parties, cfg, sender, cts):
-    from secprune.secagg.he import _upload_message
+def _ciphertext_part(message):
+    from secprune.secagg.he import _split_upload
+
+    return _split_upload(message[HEADER.size:-64], "test", 0)[0][0]
+
+
+def _signed_upload(parties, cfg, sender, cts, ct_part=None):
+    from secprune.secagg.he import Header, _signed_digest, _upload_payload
 
     base, per_slot = cfg.packing
-    payload = (bytes(32) + base.to_bytes(8, "big") + bytes([per_slot]) + cfg.length.to_bytes(8, "big")
-               + len(cts).to_bytes(4, "big") + b"".join(len(c).to_bytes(4, "big") + c for c in cts))
-    msg = encode(MsgType.HE_CIPHERTEXTS, round_id=cfg.round_id, sender=sender, receiver=SERVER, payload=payload)
-    return msg + parties.ids[sender].sign(_upload_message(msg))  # a malicious client signs its own upload
+    if ct_part is None:
+        ct_part = (bytes(32) + base.to_bytes(8, "big") + bytes([per_slot]) + cfg.length.to_bytes(8, "big")
+                   + len(cts).to_bytes(4, "big") + b"".join(len(c).to_bytes(4, "big") + c for c in cts))
+    header = Header(MsgType.HE_CIPHERTEXTS, cfg.round_id, sender, SERVER).pack()
+    parts = [ct_part, b"", b""]
+    return header + _upload_payload(parts) + parties.ids[sender].sign(_signed_digest(header, parts))  # its own
 
 
 def test_server_receive_is_atomic_and_names_the_sender_of_a_malformed_upload(parties):
@@ -221,7 +232,7 @@ def test_server_receive_is_atomic_and_names_the_sender_of_a_malformed_upload(par
         server.receive(bad)
     with pytest.raises(ProtocolError, match="ciphertext 1 from client 1 is not a valid BFV ciphertext"):
         parties.holder.receive_upload(cfg, _forward(cfg, bad))
-    assert server.uploaded == [] and parties.holder._added == []  # nothing half-added
+    assert server.uploaded == [] and not parties.holder._rounds[cfg.round_id].added  # nothing half-added
     genuine = parties.clients[1].encrypt(cfg, np.ones(cfg.length, np.uint8))
     tampered = bytearray(genuine)
     tampered[-100] ^= 1
@@ -250,14 +261,11 @@ def test_wrong_slot_count_first_upload_is_rejected_and_honest_uploads_still_sum(
 
 
 def test_malformed_ciphertext_is_named(parties):
-    from secprune.secagg.he import _upload_message
-
     cfg, server = parties.round(30)
-    payload = bytearray(parties.clients[2].encrypt(cfg, np.ones(30, np.uint8))[HEADER.size:-64])
+    ct_part = bytearray(_ciphertext_part(parties.clients[2].encrypt(cfg, np.ones(30, np.uint8))))
     start = 32 + 17 + 4 + 4
-    payload[start:start + 16] = b"\xff" * 16
-    msg = encode(MsgType.HE_CIPHERTEXTS, round_id=cfg.round_id, sender=2, receiver=SERVER, payload=bytes(payload))
-    msg += parties.ids[2].sign(_upload_message(msg))
+    ct_part[start:start + 16] = b"\xff" * 16
+    msg = _signed_upload(parties, cfg, 2, [], ct_part=bytes(ct_part))
     with pytest.raises(ProtocolError, match="ciphertext 0 from client 2 is not a valid BFV ciphertext"):
         server.receive(msg)
 

@@ -16,10 +16,11 @@ from secprune.errors import UsageError
 from secprune.flower.node import ClientNode, build_strategy, task_from
 from secprune.flower.records import pack_vector
 from secprune.flower.settings import config_from_run
+from secprune.secagg.errors import ProtocolError
 from secprune.secagg.session import check_name
 
 STAGES = ("hello", "he_context", "advertise", "reveal", "share", "ack", "open", "step", "consistency", "unmask",
-          "he_decrypt", "finish")
+          "he_verify", "he_decrypt", "finish")
 
 
 def _identities(node: ClientNode):
@@ -138,9 +139,14 @@ def _step(node: ClientNode, content: dict) -> dict:
         directory, ids = _identities(node)
         client = HEClient(node.client, content["he/context"], identity=ids[node.client], directory=directory,
                           ledger=node.ledger())
+        rules = _rules(node, strategy, tasks)
         for k in kinds:
             for name, values in json.loads(content[f"{k.name}/he"]).items():
                 he_cfg = HEConfig.decode(values | {"server_key": bytes.fromhex(values["server_key"])})
+                want = rules(k, check_name(name)) if he_cfg.validate else he_cfg.rule
+                if he_cfg.rule != want:  # a rule of the server's choosing would be a question about the input
+                    raise ProtocolError(f"he round {name}: the server asks for a proof of {he_cfg.rule}, but this "
+                                        f"client's strategy gives {want}; refused")
                 vector = np.asarray(node.vector(k.name, check_name(name)))
                 out[f"{k.name}/he/{name}"] = client.encrypt(he_cfg, vector, name=name)
     else:
@@ -176,22 +182,67 @@ def _he_context(node: ClientNode, content: dict) -> dict:
             "poly_modulus_degree": holder.poly_modulus_degree}
 
 
-def _he_decrypt(node: ClientNode, content: dict) -> dict:
-    """Add the signed uploads the server forwarded and decrypt their sum, if the key holder's checks pass."""
-    from secprune.secagg.he import HEConfig, KeyHolder
+def _rules(node: ClientNode, strategy, tasks):
+    """(kind, matrix name) -> the rule this client's own strategy says its input satisfies."""
+    from secprune.model import decoder_layers, prunable_linears
+    from secprune.secagg.he_validation import Rule
+
+    by_layer = {t.layer: t for t in tasks}
+    layers = decoder_layers(node.model)
+
+    def rule(kind, name: str):
+        _, layer, matrix = name.split(".", 2)
+        task = by_layer.get(int(layer)) if layer.isdigit() else None
+        linears = prunable_linears(layers[int(layer)]) if task is not None and int(layer) < len(layers) else {}
+        if matrix not in linears:
+            raise ProtocolError(f"he round {name}: not a matrix of this step")
+        return Rule.decode(strategy.input_rule(task, kind, tuple(linears[matrix].weight.shape)))
+    return rule
+
+
+def _key_holder(node: ClientNode):
+    from secprune.secagg.he import KeyHolder
     from secprune.secagg.messages import KEY_HOLDER
 
     directory, ids = _identities(node)
-    holder = KeyHolder.import_state(node.load("keyholder.pkl"), identity=ids[KEY_HOLDER], directory=directory)
-    out = {}
+    return KeyHolder.import_state(node.load("keyholder.pkl"), identity=ids[KEY_HOLDER], directory=directory)
+
+
+def _he_rounds(content: dict):
+    """(key prefix, round config) of every round in a key-holder message."""
+    from secprune.secagg.he import HEConfig
+
     for key in content:
-        if not key.endswith("/cfg"):
-            continue
-        prefix = key[:-4]
-        values = json.loads(content[key])
-        cfg = HEConfig.decode(values | {"server_key": bytes.fromhex(values["server_key"])})
-        for forward in content[f"{prefix}/uploads"]:
-            holder.receive_upload(cfg, forward)
+        if key.endswith("/cfg"):
+            values = json.loads(content[key])
+            yield key[:-4], HEConfig.decode(values | {"server_key": bytes.fromhex(values["server_key"])})
+
+
+def _he_verify(node: ClientNode, content: dict) -> dict:
+    """The key holder's share of each forwarded upload's input checks (the uploads wait, on its own disk, for
+    the server's share)."""
+    holder = _key_holder(node)
+    out = {}
+    for prefix, cfg in _he_rounds(content):
+        if not cfg.validate:
+            raise ProtocolError(f"key holder: {prefix}: checks asked for a round without input validation")
+        out[f"{prefix}/verify"] = [holder.receive_upload(cfg, forward) for forward in content[f"{prefix}/uploads"]]
+    node.save("keyholder.pkl", holder.export_state())
+    return out
+
+
+def _he_decrypt(node: ClientNode, content: dict) -> dict:
+    """Add the uploads whose checks both shares passed (or, without validation, the forwarded signed uploads)
+    and decrypt their sum, if the key holder's checks pass."""
+    holder = _key_holder(node)
+    out = {}
+    for prefix, cfg in _he_rounds(content):
+        if cfg.validate:
+            for decision in content.get(f"{prefix}/decisions", []):
+                holder.receive_decision(cfg, decision)
+        else:
+            for forward in content.get(f"{prefix}/uploads", []):
+                holder.receive_upload(cfg, forward)
         out[f"{prefix}/result"] = holder.decrypt(cfg, content[f"{prefix}/decrypt"])
     node.save("keyholder.pkl", holder.export_state())
     return out
@@ -204,7 +255,7 @@ def _finish(node: ClientNode, content: dict) -> dict:
 
 HANDLERS = {"hello": _hello, "he_context": _he_context, "advertise": _advertise, "reveal": _reveal, "share": _share,
             "ack": _ack, "open": _open, "step": _step, "consistency": _consistency, "unmask": _unmask,
-            "he_decrypt": _he_decrypt, "finish": _finish}
+            "he_verify": _he_verify, "he_decrypt": _he_decrypt, "finish": _finish}
 
 
 def handle(stage: str, content: dict, *, run_config, node_config, run_id: int) -> dict:

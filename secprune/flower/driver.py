@@ -9,7 +9,8 @@ Flower ``message_type`` each (``query.<stage>``):
 ``hello`` (client index of each node), ``he_context`` (the key holder's signed public context),
 ``advertise`` / ``share`` (pairwise setup: keys, then encrypted Shamir shares), ``step`` (prune; upload),
 ``consistency`` / ``unmask`` (pairwise: signed survivor set, then shares of the survivors' self masks and
-the dropped clients' mask keys), ``he_decrypt`` (the key holder decrypts verified sums), ``finish``
+the dropped clients' mask keys), ``he_verify`` (the key holder's share of every client's input checks),
+``he_decrypt`` (the key holder adds the uploads both checks passed and decrypts verified sums), ``finish``
 (clients delete their run state). The server holds the public model and sees only protocol bytes, upload
 sizes and (``none``) the plaintext sums' inputs; never a client's text or tokens.
 
@@ -277,7 +278,7 @@ class ServerRun:
             from secprune.secagg.messages import SERVER, MsgType, decode, encode
 
             _, payload = decode(self.he_context, expect=MsgType.HE_CONTEXT, round_id=0, receiver=SERVER)
-            cfgs = {k.name: json.dumps(self._he_cfgs(k, layout)) for k in kinds}  # one round per matrix
+            cfgs = {k.name: json.dumps(self._he_cfgs(k, layout, batch)) for k in kinds}  # one round per matrix
             for c in self.alive:  # the key holder's signed context, forwarded to each client
                 out[c]["he/context"] = encode(MsgType.HE_CONTEXT, round_id=0, sender=SERVER, receiver=c,
                                               payload=payload)
@@ -335,6 +336,16 @@ class ServerRun:
                 if c in self.alive:
                     out[c][f"{kind}/msg"] = msg
         return out
+
+    def _reject(self, rejected: dict[int, str], servers: dict) -> None:
+        """Clients whose input failed validation in any matrix: dropped from the run and withdrawn from every
+        sum of the step (all sums cover the same clients)."""
+        for c, why in sorted(rejected.items()):
+            log.warn(f"stage he_verify: client {c} rejected: {why}")
+            self.alive.discard(c)
+            self.refused.append({"stage": "he_verify", "client": c, "reason": why})
+            for server in servers.values():
+                server.withdraw(c)
 
     # --- feeding the protocol: a client whose message is refused is dropped, not obeyed
     def _feed(self, client: int, stage: str, receive, message) -> bool:
@@ -441,20 +452,29 @@ class ServerRun:
         self._he_rounds: dict[tuple[str, str], tuple] = {}
         return got["context"]
 
-    def _he_cfgs(self, kind: Kind, layout: dict[str, int]) -> dict[str, dict]:
-        """Fresh public parameters (round id, server key) for every matrix of the step."""
+    def _he_cfgs(self, kind: Kind, layout: dict[str, int], batch: list[Task]) -> dict[str, dict]:
+        """Fresh public parameters (round id, server key) for every matrix of the step, with the rule each
+        client's input is checked against (0/1 inputs, ``--secagg-validate``)."""
         import os
 
         from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
         from secprune.secagg.crypto import public_bytes
         from secprune.secagg.he import HEConfig
+        from secprune.secagg.he_validation import Rule
 
+        validate = self.cfg.secagg_validate and kind.max_value == 1
+        layers = decoder_layers(self.model)
+        shapes = {f"layers.{t.layer}.{n}": (t, tuple(lin.weight.shape)) for t in batch
+                  for n, lin in prunable_linears(layers[t.layer]).items()}
         out = {}
         for name, n in layout.items():
             sk = X25519PrivateKey.generate()
+            task, shape = shapes[name]
+            rule = self.strategy.input_rule(task, kind, shape) if validate else None
             cfg = HEConfig(round_id=int.from_bytes(os.urandom(8), "big"), n_clients=self.cfg.clients, length=n,
-                           max_value=kind.max_value, server_key=public_bytes(sk), **self._he_params)
+                           max_value=kind.max_value, server_key=public_bytes(sk), validate=validate,
+                           rule=Rule.decode(rule), **self._he_params)
             self._he_rounds[(kind.name, name)] = (cfg, sk)
             values = cfg.encode()
             out[name] = values | {"server_key": values["server_key"].hex()}
@@ -485,11 +505,30 @@ class ServerRun:
             else:
                 for key, fwd in mine.items():
                     forwards[key][c] = fwd
-        request = {}
+        cfgs = {}
         for (kind, name), server in servers.items():
             values = server.cfg.encode()
-            request[f"{kind}/{name}/cfg"] = json.dumps(values | {"server_key": values["server_key"].hex()})
-            request[f"{kind}/{name}/uploads"] = [forwards[(kind, name)][c] for c in sorted(forwards[(kind, name)])]
+            cfgs[(kind, name)] = json.dumps(values | {"server_key": values["server_key"].hex()})
+        checked = {key: s for key, s in servers.items() if s.cfg.validate}
+        decisions: dict[tuple[str, str], list[bytes]] = {}
+        if checked:  # the key holder's draw and share of every client's checks, then the server's share
+            request = {}
+            for (kind, name) in checked:
+                request[f"{kind}/{name}/cfg"] = cfgs[(kind, name)]
+                request[f"{kind}/{name}/uploads"] = [forwards[(kind, name)][c] for c in sorted(forwards[(kind, name)])]
+            got = self._send("he_verify", {-1: request}, required=True)[-1]
+            for (kind, name), server in checked.items():
+                decisions[(kind, name)] = [server.verify(m) for m in got.get(f"{kind}/{name}/verify", [])]
+            self._reject({c: f"{name}: {why}" for (_, name), s in checked.items() for c, why in s.rejected.items()},
+                         servers)
+        request = {}
+        for (kind, name), server in servers.items():
+            request[f"{kind}/{name}/cfg"] = cfgs[(kind, name)]
+            if server.cfg.validate:
+                request[f"{kind}/{name}/decisions"] = decisions[(kind, name)]
+            else:
+                request[f"{kind}/{name}/uploads"] = [forwards[(kind, name)][c]
+                                                     for c in sorted(forwards[(kind, name)])]
             request[f"{kind}/{name}/decrypt"] = server.decrypt_request()
         got = self._send("he_decrypt", {-1: request}, required=True)[-1]
         sums: dict[str, dict] = {k.name: {} for k in kinds}

@@ -99,7 +99,7 @@ class ClientNode:
         if self.role == "client" and raw_id is None:
             raise UsageError("node config: a client needs client-id (or partition-id)")
         self.client = int(raw_id) if raw_id is not None else -1
-        self.node_config = nc
+        self.node_config, self.simulated = nc, simulated
         base = Path(str(nc.get("state-dir") or _cache_dir() / "flower" / f"{self.role}{max(self.client, 0)}"))
         self.base = private_dir(base)
         self.dir = private_dir(base / f"run-{run_id}")
@@ -122,10 +122,11 @@ class ClientNode:
             raise UsageError(f"node config: {exc}") from None
 
     def ledger(self):
-        """This client's ledger of released inputs (kept across runs, beside the runs' folders)."""
+        """This client's ledger of released inputs: kept across runs, beside the runs' folders; a simulated
+        node's lives with its run (the operator holds every party of a simulation, as in ``secprune prune``)."""
         from secprune.secagg.ledger import Ledger
 
-        return Ledger(self.base / "ledger.json")
+        return Ledger((self.dir if self.simulated else self.base) / "ledger.json")
 
     def kinds(self) -> set[str]:
         """The kinds of vector this run's strategy submits (the only kinds a stage may name; known without

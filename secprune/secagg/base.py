@@ -104,8 +104,10 @@ class Session:
     The default implementation (plaintext and HE backends) runs ``summer._sum_matrix`` per matrix.
     """
 
-    def __init__(self, summer: SecureSum, key: str, epochs: list[tuple[str, dict[str, int]]]) -> None:
+    def __init__(self, summer: SecureSum, key: str, epochs: list[tuple[str, dict[str, int]]],
+                 rules: Mapping | None = None) -> None:
         self.summer, self.key, self.epochs = summer, key, epochs
+        self.rules = dict(rules or {})  # matrix name -> what a valid input is (backends that check inputs)
         self.next_epoch = 0
 
     def _start(self, epoch: int) -> None:
@@ -121,7 +123,7 @@ class Session:
         for name, length in self.epochs[epoch][1].items():
             vectors = [check_vector(vector(i, name), length=length, max_value=s.max_value,
                                     who=f"client {i}: {name}") for i in range(s.n_clients)]
-            out[name] = s._sum_matrix(name, vectors)
+            out[name] = s._sum_matrix(name, vectors, self.rules.get(name))
         return out
 
 
@@ -159,13 +161,17 @@ class SecureSum:
         """
         return self.open_session(key, [(key, lengths)]).sum_epoch(0, vector)
 
-    def open_session(self, key: str, epochs: Epochs) -> Session:
-        """One session (one setup) for ``epochs`` = [(epoch key, {name: entries}), ...], summed in order."""
+    def open_session(self, key: str, epochs: Epochs, rules: Mapping | None = None) -> Session:
+        """One session (one setup) for ``epochs`` = [(epoch key, {name: entries}), ...], summed in order.
+        ``rules`` ({name: :class:`~secprune.secagg.he_validation.Rule`}) say what a valid input of a matrix is,
+        for backends that check each client's input (he)."""
         if not isinstance(key, str):
             raise ValueError(f"key: expected a str naming the session, got {type(key).__name__}")
         layout = check_layout(epochs)
         self.log.start_round(key)
-        return self._session(key, layout)
+        session = self._session(key, layout)
+        session.rules = dict(rules or {})
+        return session
 
     def _session(self, key: str, epochs: list[tuple[str, dict[str, int]]]) -> Session:
         return Session(self, key, epochs)
@@ -177,7 +183,7 @@ class SecureSum:
             self.plaintext_bytes += self.n_clients * ((n * bits_per_entry + 7) // 8)
             self.entries += n
 
-    def _sum_matrix(self, key: str, vectors: list[np.ndarray]) -> np.ndarray:
+    def _sum_matrix(self, key: str, vectors: list[np.ndarray], rule=None) -> np.ndarray:
         raise NotImplementedError
 
     def accounting(self) -> dict:

@@ -20,7 +20,7 @@ from secprune.secagg.prg import derive_key
 
 __all__ = ["AEADS", "MAC_BYTES", "COMMIT_BYTES", "KIND_SELF", "KIND_KEY", "public_bytes", "mask_secret_key",
            "self_mask_key", "pair_mask_key", "share_key", "mac_key", "mac", "mac_ok", "share_commitment",
-           "seed_commitment", "graph_commitment", "graph_seed", "advertise_message", "share_message",
+           "seed_commitment", "graph_commitment", "graph_seed", "advertise_message",
            "ack_message", "survivors_message", "aead_encrypt", "aead_decrypt"]
 
 AEADS = ("aes-gcm", "chacha20-poly1305")
@@ -113,12 +113,6 @@ def advertise_message(keys_hash: bytes, commit: bytes, *, session: bytes, client
     """What client u signs when it advertises its keys (Bonawitz et al.: sigma_u = SIG.sign(d_u^SK, c || s)):
     SHA-256 of its keys and its graph commitment, so the commitment can be checked without the keys."""
     return _LABEL + b"advertise" + session + struct.pack(">I", client) + keys_hash + commit
-
-
-def share_message(data: bytes) -> bytes:
-    """What a dealer signs on each SHARE message (header, commitments, ephemeral key, ciphertext): a holder's
-    complaint then proves which message the dealer sent, and a server that alters one is caught."""
-    return _LABEL + b"share" + hashlib.sha256(data).digest()
 
 
 def ack_message(body: bytes, *, session: bytes, client: int) -> bytes:

@@ -54,6 +54,8 @@ class MsgType(IntEnum):
     HE_DECRYPT = 19  # server -> key holder: count | sender ids whose uploads were forwarded
     HE_RESULT = 20  # key holder -> server: bits | slots | packed masked slot sums
     CONFIRM = 21  # server -> client: count | ids of U2 (accepted sharers) | count | [excluded id | reason]
+    HE_VERIFY = 22  # key holder -> server: client | its random draw | its share of the client's checks
+    HE_DECIDE = 23  # server -> key holder: client | its share of the client's checks
 
 
 def party_name(party: int) -> str:

@@ -13,11 +13,12 @@ object, so a client can run in its own process with only a transport between it 
    r_u.  The ring order is the hash of all revealed nonces: the server cannot choose the neighbours.
 3. ``share_keys(ROSTER) -> SHARE_BUNDLE``: check every revealed nonce (sparse), compute N(u), accept only
    neighbours whose advertisements verify under their pinned keys; Shamir-share every seed among the holders
-   {u} + N(u); encrypt each holder's shares under a fresh ephemeral key and sign each SHARE message.
-4. ``receive_share(SHARE)``: check the dealer's signature, decrypt, check the commitments.  A bad share is not
-   fatal: the dealer is set aside and ``acknowledge() -> SHARES_ACK`` carries a signed complaint with the
-   SHARE message.  ``open_shares(OPEN_REQUEST) -> OPEN``: a dealer accused by a holder's signed complaint opens
-   that one message (its ephemeral key), so the server can tell who lied.  ``confirm(CONFIRM)``: the accepted
+   {u} + N(u); encrypt each holder's shares under a fresh ephemeral key (the dealer keeps it, to open that one
+   message if the holder complains).
+4. ``receive_share(SHARE)``: decrypt, check the commitments.  A bad share is not fatal: the dealer is set aside
+   and ``acknowledge() -> SHARES_ACK`` carries a signed complaint quoting the SHARE message.
+   ``open_shares(OPEN_REQUEST) -> OPEN``: a dealer accused by a holder's signed complaint opens that one
+   message (its ephemeral key), so the server can tell who lied.  ``confirm(CONFIRM)``: the accepted
    sharers U2, without the excluded cheaters; u masks only with those.
 5. ``upload(epoch, source) -> MASKED ...``: every input of the epoch is first recorded as spent in the ledger
    (refused if it was released before), then y_u = x_u + PRG(b_u) + sum_v +-PRG(s_uv) mod 2^b, chunk by chunk
@@ -59,7 +60,6 @@ from secprune.secagg.crypto import (
     self_mask_key,
     share_commitment,
     share_key,
-    share_message,
     survivors_message,
 )
 from secprune.secagg.errors import ProtocolError, SecAggAbortError
@@ -72,12 +72,11 @@ from secprune.secagg.prg import MaskPRG
 from secprune.secagg.ring import pack, ring_dtype, ring_mask
 from secprune.secagg.session import SessionConfig
 
-__all__ = ["PairwiseClient", "SEED", "NONCE", "advert_size", "chunk_head", "CHUNK_HEAD", "SHARE_SIG",
+__all__ = ["PairwiseClient", "SEED", "NONCE", "advert_size", "chunk_head", "CHUNK_HEAD",
            "parse_advert", "parse_ack", "open_share"]
 
 SEED = shamir.SECRET_BYTES
 NONCE = 16  # graph nonce r_u
-SHARE_SIG = 64  # the dealer's signature closing every SHARE message
 CHUNK_HEAD = struct.Struct(">IIQQB")  # epoch, matrix index, offset in matrix, entries, bits
 _PT_HEAD = struct.Struct(">II")  # owner, holder inside the share ciphertext
 Source = Callable[[str], np.ndarray]
@@ -118,7 +117,7 @@ def open_share(message: bytes, esk: bytes, holder_pk: bytes, *, session: bytes, 
     is good, else what is wrong with it.  Used by the server to settle a complaint."""
     head = Header(*_header_fields(message))
     ncommit = 2 * epochs * COMMIT_BYTES
-    body = message[20:-SHARE_SIG]
+    body = message[20:]
     commits, epk, nonce, ct = body[:ncommit], body[ncommit:ncommit + 32], body[ncommit + 32:ncommit + 44], \
         body[ncommit + 44:]
     try:
@@ -416,8 +415,7 @@ class PairwiseClient:
             key = share_key(esk, self._roster[v][0], dealer=self.id, holder=v, session=cfg.digest)
             nonce = os.urandom(12)
             ct = aead_encrypt(cfg.aead, key, nonce, _PT_HEAD.pack(self.id, v) + b"".join(raw), head + commits + epk)
-            data = head + commits + epk + nonce + ct
-            blob = data + self._sign(share_message(data))
+            blob = head + commits + epk + nonce + ct
             self._esks[v] = esk.private_bytes_raw()
             self._sent[v] = hashlib.sha256(blob).digest()
             blobs.append(len(blob).to_bytes(4, "big") + blob)
@@ -427,8 +425,9 @@ class PairwiseClient:
         return head + body + mac(self._mac_key, position=head, data=head + body)
 
     def receive_share(self, message: bytes) -> None:
-        """SHARE from a neighbour (routed by the server): check the dealer's signature, decrypt, check the
-        commitments.  A signed share that fails is set aside for a complaint (:meth:`acknowledge`)."""
+        """SHARE from a neighbour (routed by the server): decrypt, check the commitments.  A share that fails is
+        set aside for a complaint (:meth:`acknowledge`); the server settles it against the SHARE the dealer put in
+        its MACed bundle, and the dealer opens only a SHARE it sent."""
         if self._stage != "receive":
             raise self._fail("SHARE out of stage (late or replayed)")
         cfg, epochs = self.cfg, len(self.cfg.epochs)
@@ -439,12 +438,9 @@ class PairwiseClient:
         if u in self._held or u in self._complaints:
             raise self._fail(f"replayed SHARE from client {u}")
         ncommit = 2 * epochs * COMMIT_BYTES
-        if len(message) < 20 + ncommit + 32 + 12 + 16 + SHARE_SIG:
+        if len(message) < 20 + ncommit + 32 + 12 + 16:
             raise self._fail(f"truncated SHARE from client {u}")
-        data, signature = message[:-SHARE_SIG], message[-SHARE_SIG:]
-        if not self.directory.verify(u, share_message(data), signature):
-            raise self._fail(f"SHARE claiming to be from client {u} is not signed by it (altered or forged on the "
-                             f"way); rejected")
+        data = message
         body = data[20:]
         commits, epk, nonce, ct = body[:ncommit], body[ncommit:ncommit + 32], body[ncommit + 32:ncommit + 44], \
             body[ncommit + 44:]
@@ -455,13 +451,13 @@ class PairwiseClient:
         pt = None if key is None else aead_decrypt(cfg.aead, key, nonce, ct, data[:20] + commits + epk)
         problem = "the ciphertext does not decrypt" if pt is None else _share_problem(
             pt, commits, session=cfg.digest, dealer=u, holder=self.id, epochs=epochs)
-        if problem is not None:
-            self._complaints[u] = message  # signed by u: a complaint the server can settle
+        if problem is not None:  # the server settles it against the SHARE u put in its MACed bundle
+            self._complaints[u] = message
             return
         self._held[u] = shamir.shares_from_bytes(pt[_PT_HEAD.size:], 2 * epochs)
 
     def acknowledge(self) -> bytes:
-        """SHARES_ACK: this holder's signed complaints about dealers whose signed shares failed (may be none)."""
+        """SHARES_ACK: this holder's signed complaints about dealers whose shares failed (may be none)."""
         if self._stage != "receive":
             raise self._fail("shares acknowledged out of stage")
         body = len(self._complaints).to_bytes(4, "big") + b"".join(

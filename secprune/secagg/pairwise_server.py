@@ -11,10 +11,11 @@ advertise -> [commits() -> reveal ->] rosters() -> share -> close_shares() -> ac
 -> unmask(e) -> finish() -> upload(e + 1) ... -> done.
 
 A sparse graph is drawn from the members' revealed nonces (every committed member must reveal, so the server
-cannot pick a subset either).  Holders complain about signed shares that fail their checks; the accused dealer
-opens that one SHARE message (its ephemeral key) and the server replays the holder's checks: the dealer of a
-bad share, a holder that complained about a good one, and a dealer that does not open are excluded, named in
-``excluded``, and the session goes on with the others (CONFIRM tells every client the accepted sharers U2).
+cannot pick a subset either).  Holders complain about shares that fail their checks, quoting the SHARE (which
+must be the one the dealer put in its MACed bundle); the accused dealer opens that one message (its ephemeral
+key) and the server replays the holder's checks: the dealer of a bad share, a holder that complained about a
+good one, and a dealer that does not open are excluded, named in ``excluded``, and the session goes on with the
+others (CONFIRM tells every client the accepted sharers U2).
 
 Uploads arrive chunk by chunk, in order; a client's checked chunks are kept packed (b bits per entry) and
 added to the epoch's running sum, chunk by chunk, when its last chunk arrives, so a client whose stream
@@ -52,7 +53,6 @@ from secprune.secagg.crypto import (
     seed_commitment,
     self_mask_key,
     share_commitment,
-    share_message,
     survivors_message,
 )
 from secprune.secagg.errors import ProtocolError, SecAggAbortError
@@ -63,7 +63,6 @@ from secprune.secagg.pairwise_client import (
     CHUNK_HEAD,
     EXCLUSION_REASONS,
     NONCE,
-    SHARE_SIG,
     advert_size,
     open_share,
     parse_ack,
@@ -281,10 +280,9 @@ class PairwiseServer:
             if h.sender != u or h.receiver not in expected or h.receiver in routes:
                 raise ProtocolError(f"server ({self.stage}): SHARE_BUNDLE from client {u} holds a share for "
                                     f"{party_name(h.receiver)}, not one of its advertising neighbours")
-            if len(blob) < HEADER.size + ncommit + 60 + SHARE_SIG or not self.directory.verify(
-                    u, share_message(blob[:-SHARE_SIG]), blob[-SHARE_SIG:]):
-                raise ProtocolError(f"server ({self.stage}): a share in client {u}'s bundle is truncated or not "
-                                    f"signed by client {u}; bundle rejected")
+            if len(blob) < HEADER.size + ncommit + 60:
+                raise ProtocolError(f"server ({self.stage}): a share in client {u}'s bundle is truncated; "
+                                    f"bundle rejected")
             routes[h.receiver] = blob
             commits[(u, h.receiver)] = blob[HEADER.size:HEADER.size + ncommit]
         commits[(u, u)] = r.take(ncommit)

@@ -10,7 +10,7 @@ from secprune.secagg.base import SecureSum
 class PlainSum(SecureSum):
     name = "none"
 
-    def _sum_matrix(self, key: str, vectors: list[np.ndarray]) -> np.ndarray:
+    def _sum_matrix(self, key: str, vectors: list[np.ndarray], rule=None) -> np.ndarray:
         bits = max(1, int(self.max_value).bit_length())
         nbytes = (vectors[0].size * bits + 7) // 8
         for i in range(self.n_clients):

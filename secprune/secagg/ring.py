@@ -66,6 +66,11 @@ def pack(values: np.ndarray, bits: int) -> bytes:
         return b""
     if bits == 8 * dtype.itemsize:  # whole words: the little-endian bytes themselves
         return values.astype(dtype.newbyteorder("<"), copy=False).tobytes()
+    if bits == 4:  # nibbles (up to 15 clients' masks): two entries per byte, low one first
+        v = values.astype(np.uint8, copy=False)
+        out = v[0::2].copy()
+        out[: n // 2] |= v[1::2] << np.uint8(4)
+        return out.tobytes()
     pad = (-n) % 8
     v = values.astype(dtype, copy=False)
     if pad:
@@ -89,6 +94,11 @@ def unpack(data: bytes, bits: int, n: int) -> np.ndarray:
         return np.zeros(0, dtype)
     if bits == 8 * dtype.itemsize:
         return np.frombuffer(data, dtype.newbyteorder("<"), count=n).astype(dtype)
+    if bits == 4:
+        raw = np.frombuffer(data, np.uint8)
+        out = np.empty(2 * raw.size, np.uint8)
+        out[0::2], out[1::2] = raw & np.uint8(15), raw >> np.uint8(4)
+        return out[:n]
     groups = -(-n // 8)
     raw = np.zeros(groups * bits, np.uint8)
     raw[: len(data)] = np.frombuffer(data, np.uint8)

@@ -94,6 +94,13 @@ class Strategy:
         """The kinds of vector every participant submits in ``task`` (one sum per matrix and kind)."""
         raise NotImplementedError
 
+    def input_rule(self, task: Task, kind: Kind, shape: tuple[int, ...]) -> dict | None:
+        """What every honest participant's vector of ``kind`` for a matrix of ``shape`` satisfies beyond its
+        entry range, for backends that check each client's input (he): ``{"group", "shape", "ones"}`` = exactly
+        ``ones`` ones in every comparison group (see :class:`~secprune.secagg.he_validation.Rule`); None when
+        nothing more is known."""
+        return None
+
     # --- client side
     def client_step(self, task: Task, *, layer: dict[str, torch.Tensor], stats: dict[str, torch.Tensor | None]
                     ) -> ClientUpdate:

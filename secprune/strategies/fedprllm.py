@@ -58,6 +58,14 @@ class FedPrLLM(Strategy):
     def kinds(self, task: Task) -> list[Kind]:
         return [Kind("mask", 1)]
 
+    def input_rule(self, task: Task, kind: Kind, shape: tuple[int, ...]) -> dict | None:
+        """Every local mask prunes exactly k = int(sparsity x group size) entries of each local comparison group
+        (Algorithm 1, line 4), whatever the method."""
+        from secprune.topk import group_size
+
+        return {"group": self.local_group, "shape": list(shape),
+                "ones": int(group_size(tuple(shape), self.local_group) * self.sparsity)}
+
     def waits_for_server(self, task: Task) -> bool:
         return self.strategy == "iterative"  # step 7: the global layer goes back before the next layer
 
