@@ -45,10 +45,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from secprune.aggregate import ServerRule
 from secprune.audits.engine import LayerZeroMasks
 from secprune.audits.epsilon import auc, auc_ci, empirical_epsilon, summarize
 from secprune.dp import flip_probability, skellam_noise
-from secprune.topk import lowest_k_mask, most_votes_mask, priority
 
 VIEWS = ("own", "sum", "noisy_sum", "final", "rr")
 HAMMING_VIEWS = ("own", "sum")
@@ -71,22 +71,15 @@ class MIABudget:
 
 
 class FinalMasks:
-    """The server's final mask of layer 0 (``secprune.aggregate.final_mask``) with cached priorities (the
-    layer group on integer counts goes through :func:`secprune.topk.most_votes_mask`, as the server does)."""
+    """The server's final mask of layer 0 in the engine's flat layout, by the run's own rule
+    (:class:`secprune.aggregate.ServerRule`)."""
 
-    def __init__(self, engine: LayerZeroMasks, *, sparsity: float, group: str, seed: int) -> None:
-        self.layout = engine.layout
-        self.sparsity, self.group = sparsity, group
-        self.prio = {n: priority(shape=s, group=group, seed=seed, tag=f"server:{n}")
-                     for n, s in zip(engine.layout.names, engine.layout.shapes, strict=True)}
+    def __init__(self, engine: LayerZeroMasks, rule: ServerRule) -> None:
+        self.layout, self.rule = engine.layout, rule
 
     def one(self, name: str, counts: torch.Tensor) -> torch.Tensor:
         """Flat final mask of one matrix from its flat integer counts."""
-        c = counts.view(self.layout.shapes[self.layout.names.index(name)])
-        if self.group == "layer":
-            return most_votes_mask(c, sparsity=self.sparsity, prio=self.prio[name]).reshape(-1)
-        return lowest_k_mask(-c.to(torch.float32), sparsity=self.sparsity, group=self.group,
-                             prio=self.prio[name]).reshape(-1)
+        return self.rule(name, counts.view(self.layout.shapes[self.layout.names.index(name)])).reshape(-1)
 
     def __call__(self, counts: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.one(n, counts[self.layout.slice(n)]) for n in self.layout.names])
@@ -179,7 +172,8 @@ def _make_views(own: torch.Tensor, rest: torch.Tensor, *, finals: FinalMasks, no
 
 
 def run_membership(engine: LayerZeroMasks, *, targets: np.ndarray, owners: np.ndarray, rest: list[torch.Tensor],
-                   attacker_pool: np.ndarray, challenger_pool: np.ndarray, budget: MIABudget, progress=None) -> dict:
+                   attacker_pool: np.ndarray, challenger_pool: np.ndarray, budget: MIABudget, progress=None,
+                   rule: ServerRule | None = None) -> dict:
     """Run both attacks in every view; returns per (attack, view) pooled-normalised metrics with epsilon
     bounds, per-target AUCs, and the raw scores.
 
@@ -193,7 +187,8 @@ def run_membership(engine: LayerZeroMasks, *, targets: np.ndarray, owners: np.nd
         raise ValueError(f"pools of {len(attacker_pool)} / {len(challenger_pool)} windows are too small for "
                          f"clients of {k} windows")
     tick = progress or (lambda *_: None)
-    finals = FinalMasks(engine, sparsity=budget.sparsity, group=budget.server_group, seed=budget.seed)
+    finals = FinalMasks(engine, rule or ServerRule(sparsity=budget.sparsity, group=budget.server_group,
+                                                   seed=budget.seed))
     m = budget.n_clients
 
     # ---- attacker: out-shadows, their simulated sums and finals

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from secprune.aggregate import ServerRule
 from secprune.attacks.membership import FinalMasks, _count
 from secprune.audits import one_run as O
 from secprune.audits.engine import LayerZeroMasks
@@ -55,15 +56,17 @@ def _flat_mask(engine: LayerZeroMasks, sq: dict[str, torch.Tensor]) -> torch.Ten
 
 
 def run_one_run(engine: LayerZeroMasks, *, parts: list[np.ndarray], canary_pool: np.ndarray,
-                budget: OneRunBudget) -> dict:
-    """One audited run with canaries; ``parts`` are the run clients' window indices into ``engine.pool``."""
+                budget: OneRunBudget, rule: ServerRule | None = None) -> dict:
+    """One audited run with canaries; ``parts`` are the run clients' window indices into ``engine.pool``;
+    ``rule`` is the run's server rule (default: the budget's sparsity and group, seeded ties)."""
     rng = np.random.default_rng(budget.seed)
     m = len(parts)
     n_can = min(budget.canaries, len(canary_pool))
     canaries = rng.choice(canary_pool, size=n_can, replace=False)
     owner = rng.permutation(np.arange(n_can) % m)
     included = rng.random(n_can) < 0.5
-    finals = FinalMasks(engine, sparsity=budget.sparsity, group=budget.server_group, seed=budget.seed)
+    finals = FinalMasks(engine, rule or ServerRule(sparsity=budget.sparsity, group=budget.server_group,
+                                                   seed=budget.seed))
 
     def with_stats(j: int, extra: list[tuple[int, float]]) -> dict[str, torch.Tensor]:
         sq = engine.sq_norms(parts[j]) if engine.method == "wanda" else None

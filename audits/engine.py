@@ -26,7 +26,7 @@ from secprune.federated import LocalSpec, federated_prune
 from secprune.methods import Wanda, wanda_score
 from secprune.model import decoder_layers, prunable_linears
 from secprune.replay import Replay
-from secprune.topk import lowest_k_mask, priority
+from secprune.topk import lowest_k_mask, tie_break
 
 
 @dataclass
@@ -51,7 +51,7 @@ class LayerZeroMasks:
 
     def __init__(self, model, pool: torch.Tensor, *, method: str = "wanda", sparsity: float = 0.5,
                  local_group: str = "row", seed: int = 0, batch_size: int = 8,
-                 matrices: list[str] | None = None) -> None:
+                 matrices: list[str] | None = None, stable: bool = False) -> None:
         if method not in ("wanda", "magnitude"):
             raise ValueError(f"layer-0 engine supports wanda and magnitude, got {method!r}")
         self.method = method
@@ -63,8 +63,8 @@ class LayerZeroMasks:
             lins = {n: lins[n] for n in matrices}
         self.short = list(lins)
         self.weights = {n: lin.weight.detach().float().cpu().clone() for n, lin in lins.items()}
-        self.prio = {n: priority(shape=tuple(w.shape), group=local_group, seed=seed, tag=f"local:0.{n}")
-                     for n, w in self.weights.items()}
+        self.prio = {n: tie_break(shape=tuple(w.shape), group=local_group, seed=seed, tag=f"local:0.{n}",
+                                  stable=stable) for n, w in self.weights.items()}
         shapes = [tuple(w.shape) for w in self.weights.values()]
         offs = [0]
         for s in shapes:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from secprune import dp
+from secprune.aggregate import ServerRule
 from secprune.attacks import inversion as inv
 from secprune.attacks.canary import CanaryBudget, exposure_audit
 from secprune.attacks.membership import MIABudget, run_membership, signal_strength
@@ -92,11 +93,16 @@ class AuditInputs:
     local_group: str = "row"
     server_group: str = "layer"
     seed: int = 0
+    stable_ties: bool = False  # --numerics reference: ties to the lower index, locally and at the server
     batch_size: int = 8
     tokenizer: object = None  # for the canary (exposure) audit
     decode: object = None  # token ids -> text, only used for the private file
     run_info: dict = field(default_factory=dict)
     population_info: dict = field(default_factory=dict)
+
+    def server_rule(self) -> ServerRule:
+        """The run's own final-mask rule (the server's, not a copy of it)."""
+        return ServerRule(sparsity=self.sparsity, group=self.server_group, seed=self.seed, stable=self.stable_ties)
 
 
 def _log(msg: str, quiet: bool) -> None:
@@ -141,7 +147,7 @@ def run_core(inp: AuditInputs, budget: AuditBudget, *, quiet: bool = False) -> t
     t = time.perf_counter()
     engine = LayerZeroMasks(inp.model, pool, method=inp.method if inp.method in ("wanda", "magnitude") else "wanda",
                             sparsity=inp.sparsity, local_group=inp.local_group, seed=inp.seed,
-                            batch_size=inp.batch_size)
+                            batch_size=inp.batch_size, stable=inp.stable_ties)
     timings["layer0_stats_s"] = time.perf_counter() - t
     _log(f"layer-0 statistics of {pool.shape[0]} windows ({timings['layer0_stats_s']:.0f}s)", quiet)
 
@@ -182,7 +188,7 @@ def run_core(inp: AuditInputs, budget: AuditBudget, *, quiet: bool = False) -> t
     sens = {"layer0": measures.sensitivity_layer0(engine, population, k=k, pairs=budget.sensitivity_pairs,
                                                   seed=budget.seed + 1)}
     mag = LayerZeroMasks(inp.model, pool, method="magnitude", sparsity=inp.sparsity, local_group=inp.local_group,
-                         seed=inp.seed)
+                         seed=inp.seed, stable=inp.stable_ties)
     a, b = measures.neighbour_sets(np.random.default_rng(budget.seed), population, k, "replace")
     sens["magnitude_baseline_layer0"] = float((mag.flat(a) != mag.flat(b)).float().mean())
     full = {}
@@ -217,7 +223,8 @@ def run_core(inp: AuditInputs, budget: AuditBudget, *, quiet: bool = False) -> t
     owners = owners_all[targets]
     rest = [_rest_layer0(inp.client_masks, engine.layout.names, int(c)) for c in owners]
     out["membership"] = run_membership(engine, targets=targets, owners=owners, rest=rest,
-                                       attacker_pool=attacker_pool, challenger_pool=challenger_pool, budget=mb)
+                                       attacker_pool=attacker_pool, challenger_pool=challenger_pool, budget=mb,
+                                       rule=inp.server_rule())
     out["membership"]["signal_strength"] = signal_strength(engine, targets=targets, population=population, k=k,
                                                            draws=2, seed=budget.seed)
     timings["membership_s"] = time.perf_counter() - t
@@ -227,7 +234,8 @@ def run_core(inp: AuditInputs, budget: AuditBudget, *, quiet: bool = False) -> t
     t = time.perf_counter()
     ob = OneRunBudget(**{**asdict(budget.one_run), "sparsity": inp.sparsity, "server_group": inp.server_group,
                          "delta": budget.delta, "seed": budget.seed})
-    out["one_run"] = run_one_run(engine, parts=[np.asarray(p) for p in inp.parts], canary_pool=population, budget=ob)
+    out["one_run"] = run_one_run(engine, parts=[np.asarray(p) for p in inp.parts], canary_pool=population, budget=ob,
+                                 rule=inp.server_rule())
     timings["one_run_s"] = time.perf_counter() - t
     _log(f"one-run audit ({timings['one_run_s']:.0f}s)", quiet)
 
@@ -310,14 +318,10 @@ def _inversion(inp: AuditInputs, budget: AuditBudget, engine: LayerZeroMasks, at
     else:
         prior_sq = torch.stack([feats[inp.population[i - inp.windows.shape[0]]].double().pow(2).sum(0)
                                 for i in attacker_pool]).mean(0) * k
-    from secprune.topk import lowest_k_mask, priority
-
-    sprio = {n: priority(shape=tuple(counts[n].shape), group=inp.server_group, seed=inp.seed, tag=f"server:{n}")
-             for n in qkv}
+    rule = inp.server_rule()
 
     def final_of(cnt: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {n: lowest_k_mask(-c.to(torch.float32), sparsity=inp.sparsity, group=inp.server_group,
-                                 prio=sprio[n]) for n, c in cnt.items()}
+        return {n: rule(n, c) for n, c in cnt.items()}
 
     def make_views(own: dict[str, torch.Tensor], total: dict[str, torch.Tensor]) -> dict[str, dict]:
         noisy = {n: v + torch.from_numpy(dp.skellam_noise(tuple(v.shape), lam=lam, rng=nrng)) for n, v in total.items()}
@@ -460,22 +464,18 @@ def _defence(inp: AuditInputs, budget: AuditBudget, *, h_emp: int) -> dict:
     would produce), beside the accounting the pipeline uses."""
     from secprune.evaluate import perplexity
     from secprune.federated import apply_masks, restore
-    from secprune.topk import lowest_k_mask, priority
-
     names = inp.client_masks.names()
     m = inp.client_masks.n
     counts = {n: sum(inp.client_masks.get(i, n).to(torch.int64) for i in range(m)) for n in names}
     n_bits = int(sum(c.numel() for c in counts.values()))
     gen = torch.Generator().manual_seed(budget.seed)
     rng = np.random.default_rng(budget.seed)
-    prio = {n: priority(shape=tuple(c.shape), group=inp.server_group, seed=inp.seed, tag=f"server:{n}")
-            for n, c in counts.items()}
+    rule = inp.server_rule()
 
     def ppl(cnts) -> float | None:
         if inp.eval_windows is None or inp.eval_windows.shape[0] == 0:
             return None
-        final = {n: lowest_k_mask(-c.to(torch.float32), sparsity=inp.sparsity, group=inp.server_group, prio=prio[n])
-                 for n, c in cnts.items()}
+        final = {n: rule(n, c) for n, c in cnts.items()}
         backup = apply_masks(inp.model, final)
         try:
             return perplexity(inp.model, inp.eval_windows, progress=False)
@@ -580,7 +580,8 @@ def inputs_from_run(run_dir: Path, budget: AuditBudget, *, eval_windows: int | N
     from secprune import calibration
     from secprune import summary as run_summary
     from secprune.config import PruneConfig
-    from secprune.model import UsageError, load_model, param_names
+    from secprune.errors import UsageError
+    from secprune.model import load_model, param_names
 
     run_dir = Path(run_dir)
     summary = run_summary.load(run_dir)
@@ -619,7 +620,8 @@ def inputs_from_run(run_dir: Path, budget: AuditBudget, *, eval_windows: int | N
     return AuditInputs(model=model, windows=windows, parts=parts,
                        client_masks=masks, population=pop, vocab_freq=freq, eval_windows=ev,
                        method=cfg.method, sparsity=cfg.sparsity, local_group=cfg.local_group,
-                       server_group=cfg.server_group, seed=cfg.seed, batch_size=cfg.batch_size, tokenizer=tok,
+                       server_group=cfg.server_group, seed=cfg.seed, stable_ties=cfg.numerics == "reference",
+                       batch_size=cfg.batch_size, tokenizer=tok,
                        decode=lambda ids: tok.decode(ids), population_info=pinfo,
                        run_info={"run_dir": str(run_dir), "model": cfg.model, "calib": cfg.calib,
                                  "clients": len(parts), "nsamples": cfg.nsamples, "seqlen": cfg.seqlen,
@@ -635,7 +637,7 @@ def public_population(*, tokenizer, sources: list[str], count: int, seqlen: int,
     from secprune import calibration
     from secprune.audits import population as P
     from secprune.data import window_bos
-    from secprune.model import UsageError
+    from secprune.errors import UsageError
 
     rng = np.random.default_rng(seed)
     vocab = len(tokenizer)
@@ -668,10 +670,11 @@ def public_population(*, tokenizer, sources: list[str], count: int, seqlen: int,
 def _check_recomputed(model, windows: torch.Tensor, parts: list[np.ndarray], masks: MaskSet, cfg) -> None:
     """Layer-0 masks of client 0 from the recomputed windows must be the run's (a different text gives
     several percent of different bits; the same text gives none)."""
-    from secprune.model import UsageError
+    from secprune.errors import UsageError
 
     engine = LayerZeroMasks(model, windows[torch.as_tensor(parts[0])], method=cfg.method, sparsity=cfg.sparsity,
-                            local_group=cfg.local_group, seed=cfg.seed, batch_size=cfg.batch_size)
+                            local_group=cfg.local_group, seed=cfg.seed, batch_size=cfg.batch_size,
+                            stable=cfg.numerics == "reference")
     mine = engine.flat(np.arange(len(parts[0])))
     theirs = torch.cat([masks.get(0, n).reshape(-1) for n in engine.layout.names])
     differ = float((mine != theirs).float().mean())

@@ -29,14 +29,35 @@ def count_tensor(summed, n_clients: int) -> torch.Tensor:
     return torch.as_tensor(a).to(dtype)
 
 
+class ServerRule:
+    """Step 4, the one copy the server, the audits and the attacks all call: prune the k weights with the most
+    votes in every server comparison group, ties broken by the run's rule (seeded priorities, or the lower index
+    with ``stable``, as upstream's row/column selection by ``torch.sort(stable=True)``: ``--numerics reference``).
+    Priorities are cached per matrix (an attack calls the rule on thousands of simulated counts)."""
+
+    def __init__(self, *, sparsity: float, group: str, seed: int, stable: bool = False) -> None:
+        self.sparsity, self.group, self.seed, self.stable = sparsity, group, seed, stable
+        self._prio: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+
+    def priority(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        key = (name, tuple(shape))
+        if key not in self._prio:
+            self._prio[key] = tie_break(shape=key[1], group=self.group, seed=self.seed, tag=f"server:{name}",
+                                        stable=self.stable)
+        return self._prio[key]
+
+    def __call__(self, name: str, counts: torch.Tensor) -> torch.Tensor:
+        """The final mask (True = pruned) of matrix ``name`` from its vote counts."""
+        prio = self.priority(name, tuple(counts.shape))
+        if self.group == "layer" and small_integer_range(counts):  # a histogram finds the level
+            return most_votes_mask(counts, sparsity=self.sparsity, prio=prio)
+        return lowest_k_mask(-counts.to(torch.float32), sparsity=self.sparsity, group=self.group, prio=prio)
+
+
 def final_mask(counts: torch.Tensor, *, sparsity: float, group: str, seed: int, name: str, stable: bool = False
                ) -> torch.Tensor:
-    """Step 4: prune the k weights with the most votes in every server comparison group (ties: seeded, or
-    the lower index with ``stable``, as upstream's row/column selection by ``torch.sort(stable=True)``)."""
-    prio = tie_break(shape=tuple(counts.shape), group=group, seed=seed, tag=f"server:{name}", stable=stable)
-    if group == "layer" and small_integer_range(counts):  # a histogram finds the level: no full selection
-        return most_votes_mask(counts, sparsity=sparsity, prio=prio)
-    return lowest_k_mask(-counts.to(torch.float32), sparsity=sparsity, group=group, prio=prio)
+    """Step 4 for one matrix (:class:`ServerRule`)."""
+    return ServerRule(sparsity=sparsity, group=group, seed=seed, stable=stable)(name, counts)
 
 
 def scale_factor(counts: torch.Tensor, n_clients: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 
 from secprune import data, partition
 from secprune.config import PruneConfig
-from secprune.model import UsageError
+from secprune.errors import UsageError
 
 
 @dataclass

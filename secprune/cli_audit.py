@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from secprune import log, outdir
-from secprune.model import UsageError
+from secprune.errors import UsageError
 
 
 def _floats(text: str) -> list[float]:

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from secprune.model import UsageError, cache_dir
+from secprune.errors import UsageError
+from secprune.model import cache_dir
 
 CORPORA = ("ptb", "wiki-lead", "brown")
 BROWN_GENRES = {

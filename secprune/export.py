@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 from secprune import log, outdir, summary
 from secprune.aggregate import pruned_weight, scale_factor
 from secprune.config import PruneConfig
+from secprune.errors import UsageError
 from secprune.masks import MaskSet
-from secprune.model import UsageError, all_prunable, inspect_model, load_lm, load_tokenizer, param_names
+from secprune.model import all_prunable, inspect_model, load_lm, load_tokenizer, param_names
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -18,8 +18,6 @@ from secprune.errors import UsageError
 from secprune.matrices import Matrix, block_matrices
 from secprune.models_registry import DEFAULT_MODEL, MODELS
 
-__all__ = ["UsageError"]
-
 BUILTIN_MODELS = MODELS  # name -> BuiltinModel (secprune/models_registry.py)
 
 

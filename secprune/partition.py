@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from secprune.model import UsageError
+from secprune.errors import UsageError
 
 
 def iid(n_samples: int, n_clients: int, *, rng: np.random.Generator) -> list[np.ndarray]:

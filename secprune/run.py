@@ -22,10 +22,11 @@ from secprune import calibration, log, outdir, summary
 from secprune.aggregate import LazyScales, count_dtype
 from secprune.comm import mask_communication
 from secprune.config import PruneConfig
+from secprune.errors import UsageError
 from secprune.evaluate import build_evals, describe_evals, evaluate_model
 from secprune.federated import FedResult, federated_prune, local_prune, spec_from_config
 from secprune.masks import MaskSet
-from secprune.model import UsageError, inspect_model, load_lm, load_tokenizer, max_context, param_names
+from secprune.model import inspect_model, load_lm, load_tokenizer, max_context, param_names
 from secprune.secagg import make_summer
 
 

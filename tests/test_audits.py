@@ -98,3 +98,36 @@ def test_measures(tiny):
         ms.put("layers.0.a", i, torch.tensor([[True, False], [i == 1, i == 2]]))
     sim = measures.pairwise_hamming_packed(ms.packed, ms.shapes)
     assert sim["pairs"] == 3 and sim["total"] == pytest.approx([0.25, 0.25, 0.5])
+
+
+@pytest.mark.parametrize("server_group", ["row", "column"])
+def test_the_audits_final_mask_is_the_runs_own_under_reference_numerics(tmp_path, server_group):
+    """Issue 30: the audits and attacks used copies of the server's rule that broke vote ties by seeded priorities
+    while a ``--numerics reference`` run breaks them by index (upstream's stable sort).  Now every caller uses the
+    run's :class:`ServerRule`: from the run's own client masks it gives the run's final mask bit for bit, where the
+    seeded copies gave another one (vote counts tie everywhere)."""
+    from secprune.aggregate import ServerRule
+    from secprune.audits.runner import AuditBudget, inputs_from_run
+    from secprune.cli import main
+    from secprune.masks import MaskSet
+    from secprune.model import load_model, param_names
+
+    from .conftest import make_model_folder
+
+    folder = make_model_folder(tmp_path / "model")
+    out = tmp_path / "run"
+    assert main(["prune", "--model", str(folder), "--numerics", "reference", "--calib", "ptb", "--nsamples", "8",
+                 "--clients", "4", "--seqlen", "32", "--server-group", server_group, "--save-client-masks",
+                 "--eval", "--out", str(out), "--quiet"]) == 0
+    inp = inputs_from_run(out, AuditBudget(population=8), eval_windows=0)
+    assert inp.stable_ties
+    names = {v: k for k, v in param_names(load_model(str(folder))[0]).items()}
+    final = MaskSet.load(out / "final_mask.safetensors", names=names)
+    rule = inp.server_rule()
+    seeded = ServerRule(sparsity=inp.sparsity, group=inp.server_group, seed=inp.seed)  # what the copies did
+    differ = 0
+    for n in inp.client_masks.names():
+        counts = sum(inp.client_masks.get(i, n).to(torch.int64) for i in range(inp.client_masks.n))
+        assert torch.equal(rule(n, counts), final.get(0, n)), n
+        differ += int((seeded(n, counts) != final.get(0, n)).sum())
+    assert differ > 0

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from secprune import data, partition
+from secprune.errors import UsageError
 from secprune.evaluate import perplexity
-from secprune.model import UsageError
 
 
 def test_iid_equal_contiguous_shares_cover_everything():

@@ -370,3 +370,23 @@ def test_compensating_colluders_pass_the_group_totals_but_not_he_validation(mode
     # 2 of 4 left is below the floor of 3 contributors: the round aborts and names both
     with pytest.raises(SecAggAbortError, match=r"inputs rejected by validation: client 1 \(.*q_proj.*\); client 2 "):
         run(model, windows, parts, summer=_colluding(HESum)(n_clients=4, colluders=0))
+
+
+@pytest.mark.parametrize("method", [Wanda(), Magnitude(), SparseGPT(), SparseGPT(update=True)],
+                         ids=["wanda", "magnitude", "sparsegpt", "sparsegpt-update"])
+def test_pruned_per_group_is_what_each_method_really_prunes(method):
+    """The count the server's group totals and the he input rule rely on, against the masks themselves: a matrix
+    of 300 columns spans three SparseGPT blocks, whose per-block selections prune 208 of a row at 0.7, not 210."""
+    torch.manual_seed(0)
+    weight, x = torch.randn(12, 300), torch.randn(1, 400, 300)
+    stats = method.new_stats(n_clients=1, in_features=300, device=torch.device("cpu"))
+    if stats is not None:
+        method.accumulate(stats, x, torch.zeros(1, dtype=torch.long))
+        stats = stats[0]
+    dims = {"row": (1,), "column": (0,), "layer": (0, 1)}
+    for group in ("row", "column", "layer"):
+        for sparsity in (0.5, 0.7):
+            prio = priority(shape=(12, 300), group=group, seed=0, tag="t")
+            mask = method.prune(weight, stats, sparsity=sparsity, group=group, prio=prio).mask
+            k = method.pruned_per_group(shape=(12, 300), group=group, sparsity=sparsity)
+            assert set(mask.sum(dim=dims[group]).reshape(-1).tolist()) == {k}, (group, sparsity)

@@ -111,7 +111,7 @@ def test_default_numerics_on_the_same_windows_differ_from_upstream(upstream_mode
 
 
 def test_reference_flag_contradictions():
-    from secprune.model import UsageError
+    from secprune.errors import UsageError
 
     # each needle names the contradiction, so a refusal for another reason cannot pass for this one
     for kw, needle in [({"method": "sparsegpt"}, "got --algorithm fedprllm --method sparsegpt"),

@@ -7,7 +7,8 @@ import torch
 
 from secprune import calibration
 from secprune.config import PruneConfig
-from secprune.model import UsageError, load_tokenizer
+from secprune.errors import UsageError
+from secprune.model import load_tokenizer
 
 
 def test_each_client_gets_n_windows_and_nsamples_follows(tiny_folder):

@@ -61,14 +61,19 @@ def l0_aggregate(*, weights: Sequence[torch.Tensor], pruned: Sequence[torch.Tens
     ``weights[i]`` is client i's pruned (OBS-updated) matrix, ``pruned[i]`` its mask (True = pruned).
     The sums run in float64, so the result does not depend on the order of the clients.
     """
+    weighted_sum, kept_count = l0_sums(weights=weights, pruned=pruned)
+    dtype = weights[0].dtype if weights[0].is_floating_point() else torch.float32
+    return l0_average(weighted_sum=weighted_sum, kept_count=kept_count).to(dtype), kept_count
+
+
+def l0_sums(*, weights: Sequence[torch.Tensor], pruned: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two sums of Eq. 5 in float64 (what secure aggregation computes in fixed point):
+    ``(sum_i M_i W_i, sum_i M_i)``."""
     W = _stack(weights).to(torch.float64)
     kept = ~_stack(pruned).to(torch.bool)
     if W.shape != kept.shape:
         raise ValueError(f"weights {tuple(W.shape)} and masks {tuple(kept.shape)} differ in shape")
-    weighted_sum = torch.where(kept, W, torch.zeros_like(W)).sum(0)
-    kept_count = kept.sum(0)
-    dtype = weights[0].dtype if weights[0].is_floating_point() else torch.float32
-    return l0_average(weighted_sum=weighted_sum, kept_count=kept_count).to(dtype), kept_count
+    return torch.where(kept, W, torch.zeros_like(W)).sum(0), kept.sum(0)
 
 
 def prune_counts(*, pruned: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -210,6 +215,24 @@ class LayerAggregate:
     intersection_sparsity: float  # fraction with C_j = N (the sparsity without expansion)
     max_abs_error: float = 0.0  # secure fixed-point path: max |W_g(secure) - W_g(float)| over entries
     clipped: int = 0
+    average: torch.Tensor | None = None  # W_g of Eq. 5 before the pruned entries are zeroed
+
+
+def server_matrix(*, weighted_sum: torch.Tensor, kept_count: torch.Tensor, n_clients: int, sparsity: float,
+                  dtype: torch.dtype, expansion: bool = True, seed: int = 0, name: str = "",
+                  magnitude_ties: bool = True) -> LayerAggregate:
+    """Algorithm 1 lines 15-18 for one matrix from the two sums of Eq. 5 (float or decoded fixed point): the l0
+    average W_g (in ``dtype``, the layer's), C_j = N - sum_i M_i (Eq. 6), the expansion of Eq. 7 (ties by
+    |W_g| when ``magnitude_ties``), and W_g zeroed where pruned.  The server step of a run and every test call
+    this one function."""
+    wg = l0_average(weighted_sum=weighted_sum, kept_count=kept_count).to(dtype)
+    counts = n_clients - kept_count.to(torch.int64)
+    inter = counts == n_clients
+    mask = expand_mask(counts=counts, n_clients=n_clients, sparsity=sparsity, seed=seed, name=name,
+                       magnitude=wg if magnitude_ties else None) if expansion else inter
+    return LayerAggregate(weight=wg.masked_fill(mask.to(wg.device), 0.0), mask=mask, counts=counts,
+                          k=expansion_k(counts=counts, n_clients=n_clients, sparsity=sparsity),
+                          intersection_sparsity=float(inter.float().mean()), average=wg)
 
 
 def aggregate_matrix(*, weights: Sequence[torch.Tensor], pruned: Sequence[torch.Tensor], sparsity: float,
@@ -221,9 +244,9 @@ def aggregate_matrix(*, weights: Sequence[torch.Tensor], pruned: Sequence[torch.
     With ``code`` and both summers the sums of Eq. 5 go through secure summation as fixed-point integers;
     the float aggregation is computed beside it only to report ``max_abs_error``.
     """
-    n = len(weights)
     float_wg, float_count = l0_aggregate(weights=weights, pruned=pruned)
-    clipped, err = 0, 0.0
+    wsum, kept_count = l0_sums(weights=weights, pruned=pruned)
+    clipped = 0
     if code is not None:
         if weight_summer is None or mask_summer is None:
             raise ValueError("secure aggregation needs both a weight summer and a mask summer")
@@ -231,14 +254,9 @@ def aggregate_matrix(*, weights: Sequence[torch.Tensor], pruned: Sequence[torch.
                                                    weight_summer=weight_summer, mask_summer=mask_summer, key=name)
         if not torch.equal(kept_count, float_count):
             raise RuntimeError(f"{name}: secure mask count differs from the plaintext count")
-        wg = l0_average(weighted_sum=wsum, kept_count=kept_count).to(float_wg.dtype)
-        err = float((wg.double() - float_wg.double()).abs().max()) if wg.numel() else 0.0
-    else:
-        wg, kept_count = float_wg, float_count
-    counts = n - kept_count  # Eq. 6 (== prune_counts(pruned=pruned))
-    k = expansion_k(counts=counts, n_clients=n, sparsity=sparsity)
-    inter = counts == n
-    mask = expand_mask(counts=counts, n_clients=n, sparsity=sparsity, magnitude=wg, seed=seed, name=name) \
-        if expansion else inter
-    wg = wg.masked_fill(mask, 0.0)
-    return LayerAggregate(wg, mask, counts, k, float(inter.float().mean()), err, clipped)
+    agg = server_matrix(weighted_sum=wsum, kept_count=kept_count, n_clients=len(weights), sparsity=sparsity,
+                        dtype=float_wg.dtype, expansion=expansion, seed=seed, name=name)
+    agg.clipped = clipped
+    if code is not None and agg.average.numel():
+        agg.max_abs_error = float((agg.average.double() - float_wg.double()).abs().max())
+    return agg

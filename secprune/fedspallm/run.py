@@ -18,11 +18,12 @@ from safetensors.torch import save_file
 
 from secprune import log, summary
 from secprune.config import PruneConfig
+from secprune.errors import UsageError
 from secprune.evaluate import evaluate_model
 from secprune.fedspallm.baselines import random_masks, standalone_model
 from secprune.fedspallm.driver import fedspallm_prune, spec_from_config
 from secprune.fedspallm.sampling import schedule
-from secprune.model import UsageError, decoder_layers, param_names
+from secprune.model import decoder_layers, param_names
 
 
 def run_fedspallm(cfg: PruneConfig, prep, tmp: Path, partial: Path, *, progress: bool = True) -> tuple[dict, dict]:

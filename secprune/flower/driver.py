@@ -36,9 +36,10 @@ import torch
 
 from secprune import log
 from secprune.config import PruneConfig
+from secprune.errors import UsageError
 from secprune.flower.node import build_strategy, task_spec
 from secprune.flower.records import unpack_vector
-from secprune.model import UsageError, decoder_layers, prunable_linears
+from secprune.model import decoder_layers, prunable_linears
 from secprune.secagg.errors import ProtocolError, SecAggAbortError
 from secprune.strategies.base import Kind, Task
 

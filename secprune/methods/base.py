@@ -34,3 +34,10 @@ class Method:
     def prune(self, weight: torch.Tensor, stats: torch.Tensor | None, *, sparsity: float, group: str,
               prio: torch.Tensor) -> LocalResult:
         raise NotImplementedError
+
+    def pruned_per_group(self, *, shape: tuple[int, ...], group: str, sparsity: float) -> int:
+        """How many entries :meth:`prune` prunes in every comparison group of a matrix of ``shape`` (exactly:
+        the server checks the vote totals against it, and the he backend each client's mask)."""
+        from secprune.topk import group_size
+
+        return int(group_size(tuple(shape), group) * sparsity)

@@ -692,7 +692,7 @@ def write_report(audit_dir: Path, out_dir: Path, *, show_reconstructions: bool =
     """Write the report into a fresh folder (renamed over ``out_dir`` at the end). With
     ``show_reconstructions`` the report quotes private text, so its folder is the owner's alone."""
     from secprune import log, outdir
-    from secprune.model import UsageError
+    from secprune.errors import UsageError
 
     audit_dir, out_dir = Path(audit_dir), Path(out_dir)
     a = json.loads((audit_dir / "audit.json").read_text())

@@ -59,12 +59,12 @@ class FedPrLLM(Strategy):
         return [Kind("mask", 1)]
 
     def input_rule(self, task: Task, kind: Kind, shape: tuple[int, ...]) -> dict | None:
-        """Every local mask prunes exactly k = int(sparsity x group size) entries of each local comparison group
-        (Algorithm 1, line 4), whatever the method."""
-        from secprune.topk import group_size
+        """Every local mask prunes exactly the method's k entries of each local comparison group (Algorithm 1,
+        line 4: int(sparsity x group size), or SparseGPT's per-block counts with the update)."""
+        return {"group": self.local_group, "shape": list(shape), "ones": self._k(tuple(shape))}
 
-        return {"group": self.local_group, "shape": list(shape),
-                "ones": int(group_size(tuple(shape), self.local_group) * self.sparsity)}
+    def _k(self, shape: tuple[int, ...]) -> int:
+        return self.method.pruned_per_group(shape=shape, group=self.local_group, sparsity=self.sparsity)
 
     def waits_for_server(self, task: Task) -> bool:
         return self.strategy == "iterative"  # step 7: the global layer goes back before the next layer
@@ -135,8 +135,8 @@ class FedPrLLM(Strategy):
             full = f"layers.{task.layer}.{n}"
             counts = count_tensor(s["mask"], len(task.clients))
             if self.check_counts:
-                check_group_totals(counts, voters=len(task.clients), sparsity=self.sparsity, group=self.local_group,
-                                   name=full)
+                check_group_totals(counts, voters=len(task.clients), k=self._k(tuple(counts.shape)),
+                                   group=self.local_group, name=full)
             state["counts"][full] = counts
             state["voters"][full] = len(task.clients)
             state["final"][full] = final_mask(counts, sparsity=self.sparsity, group=self.server_group,
@@ -158,15 +158,13 @@ class FedPrLLM(Strategy):
                 "pad_to": getattr(self.method, "pad_to", None)}
 
 
-def check_group_totals(counts: torch.Tensor, *, voters: int, sparsity: float, group: str, name: str) -> None:
-    """Every client's mask prunes exactly k = int(sparsity * group size) entries of each comparison group, so
+def check_group_totals(counts: torch.Tensor, *, voters: int, k: int, group: str, name: str) -> None:
+    """Every client's mask prunes exactly ``k`` entries of each comparison group (the method's count), so
     every group of the summed votes holds exactly voters x k; any other total means a client submitted a
     malformed mask (a shifted, doubled or negative entry), and the sum is refused.  Compensating changes
     inside one group pass this check (it sees the sum only); the he backend checks each client's input."""
     from secprune.secagg.errors import ProtocolError
-    from secprune.topk import group_size
 
-    k = int(group_size(tuple(counts.shape), group) * sparsity)
     dims = {"row": (-1,), "column": (-2,), "layer": (-2, -1)}[group]
     totals = counts.to(torch.int64).sum(dim=dims)
     bad = int((totals != voters * k).sum())

@@ -15,14 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from secprune.fedspallm.aggregate import (
-    FixedPoint,
-    expand_mask,
-    expansion_k,
-    l0_aggregate,
-    l0_average,
-    tie_decided,
-)
+from secprune.fedspallm.aggregate import FixedPoint, LayerAggregate, l0_sums, server_matrix, tie_decided
 from secprune.fedspallm.comm import CommLog
 from secprune.fedspallm.sampling import schedule as make_schedule
 from secprune.methods import Method
@@ -125,30 +118,29 @@ class FedSpaLLM(Strategy):
             else:
                 weighted = self.code(layer[n]).decode_sum(np.asarray(s["weight"]).reshape(-1), n_part)
                 weighted = weighted.view(kept_count.shape)
-            wg = l0_average(weighted_sum=weighted, kept_count=kept_count).to(layer[n].dtype)
+            agg = self._aggregate(weighted, kept_count, n_part, layer[n].dtype, full)
             if self.bits is not None:  # for diagnose() (fixed-point sums only); not part of the state
-                self._unmasked[full] = (wg, kept_count)
-            counts = n_part - kept_count  # Eq. 6
-            inter = counts == n_part
-            mask = self._expand(counts, n_part, wg, full) if self.expansion else inter
-            step["global"][full] = wg.masked_fill(mask.to(wg.device), 0.0).to(layer[n].device)
+                self._unmasked[full] = (agg.average, kept_count)
+            mask = agg.mask
+            step["global"][full] = agg.weight.to(layer[n].device)
             step["masks"][full] = mask.cpu()
             # C_j <= N: int16 instead of int64 makes the counts 4x smaller in memory and checkpoints
-            step["counts"][full] = counts.to(torch.int16 if n_part < 2**15 else torch.int32).cpu()
+            step["counts"][full] = agg.counts.to(torch.int16 if n_part < 2**15 else torch.int32).cpu()
             step["participants"][full] = n_part
             step["summaries"].append({"numel": mask.numel(), "pruned": int(mask.sum()),
-                                      "intersection_sparsity": float(inter.float().mean()),
-                                      "k": expansion_k(counts=counts, n_clients=n_part, sparsity=self.sparsity),
-                                      "tie_decided": tie_decided(counts=counts, n_clients=n_part, mask=mask)
+                                      "intersection_sparsity": agg.intersection_sparsity, "k": agg.k,
+                                      "tie_decided": tie_decided(counts=agg.counts, n_clients=n_part, mask=mask)
                                       if self.expansion else 0,
                                       "max_abs_error": 0.0, "clipped": 0, "max_abs_error_masked": 0.0,
                                       "mask_flips": 0})
         self.load_step(step)
         return step
 
-    def _expand(self, counts: torch.Tensor, n_part: int, wg: torch.Tensor, full: str) -> torch.Tensor:
-        return expand_mask(counts=counts, n_clients=n_part, sparsity=self.sparsity, seed=self.seed, name=full,
-                           magnitude=wg if self.magnitude_ties else None)
+    def _aggregate(self, weighted: torch.Tensor, kept_count: torch.Tensor, n_part: int, dtype: torch.dtype,
+                   full: str) -> LayerAggregate:
+        return server_matrix(weighted_sum=weighted, kept_count=kept_count, n_clients=n_part, sparsity=self.sparsity,
+                             dtype=dtype, expansion=self.expansion, seed=self.seed, name=full,
+                             magnitude_ties=self.magnitude_ties)
 
     def diagnose(self, task: Task, step: dict, updates: dict[int, ClientUpdate]) -> None:
         """Simulation only (it sees every client): error of the fixed-point sums against float Eq. 5, before
@@ -159,19 +151,16 @@ class FedSpaLLM(Strategy):
         parts = [updates[i] for i in task.clients]
         for rec, full in zip(step["summaries"], step["global"], strict=True):
             n = full.split(".", 2)[2]
-            float_wg, float_count = l0_aggregate(weights=[u.own[n] for u in parts],
-                                                 pruned=[u.masks[n] for u in parts])
+            float_sum, float_count = l0_sums(weights=[u.own[n] for u in parts], pruned=[u.masks[n] for u in parts])
             secure, kept_count = self._unmasked.pop(full)  # read once: do not hold every layer's matrices
             if not torch.equal(kept_count, float_count):
                 raise RuntimeError(f"{full}: secure mask count differs from the plaintext count")
-            rec["max_abs_error"] = float((secure.double() - float_wg.double()).abs().max()) if secure.numel() else 0.0
+            exact = self._aggregate(float_sum, float_count, len(parts), step["global"][full].dtype, full)
+            rec["max_abs_error"] = float((secure.double() - exact.average.double()).abs().max()) \
+                if secure.numel() else 0.0
             rec["clipped"] = sum(u.clipped.get(n, 0) for u in parts)
-            n_part = len(parts)
-            float_mask = self._expand(n_part - float_count, n_part, float_wg, full) if self.expansion \
-                else float_count == 0
-            float_final = float_wg.to(step["global"][full].dtype).masked_fill(float_mask, 0.0)
-            rec["mask_flips"] = int((float_mask != step["masks"][full]).sum())
-            rec["max_abs_error_masked"] = float((step["global"][full].cpu().double() - float_final.double())
+            rec["mask_flips"] = int((exact.mask != step["masks"][full]).sum())
+            rec["max_abs_error_masked"] = float((step["global"][full].cpu().double() - exact.weight.double())
                                                 .abs().max()) if secure.numel() else 0.0
 
     def load_step(self, state: dict) -> None:
