@@ -45,10 +45,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from secprune.aggregate import ServerRule
 from secprune.audits.engine import LayerZeroMasks
 from secprune.audits.epsilon import auc, auc_ci, empirical_epsilon, summarize
 from secprune.dp import flip_probability, skellam_noise
+from secprune.fedprllm.aggregate import ServerRule
 
 VIEWS = ("own", "sum", "noisy_sum", "final", "rr")
 HAMMING_VIEWS = ("own", "sum")
@@ -72,7 +72,7 @@ class MIABudget:
 
 class FinalMasks:
     """The server's final mask of layer 0 in the engine's flat layout, by the run's own rule
-    (:class:`secprune.aggregate.ServerRule`)."""
+    (:class:`secprune.fedprllm.aggregate.ServerRule`)."""
 
     def __init__(self, engine: LayerZeroMasks, rule: ServerRule) -> None:
         self.layout, self.rule = engine.layout, rule

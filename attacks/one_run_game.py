@@ -27,13 +27,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from secprune.aggregate import ServerRule
 from secprune.attacks.membership import FinalMasks, _count
 from secprune.audits import one_run as O
 from secprune.audits.engine import LayerZeroMasks
 from secprune.audits.epsilon import auc_ci
 from secprune.dp import flip_probability
 from secprune.dp_sum import NoisySum
+from secprune.fedprllm.aggregate import ServerRule
 
 VIEWS = ("own", "sum", "noisy_sum", "final", "rr")
 

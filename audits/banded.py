@@ -11,7 +11,7 @@ the per-candidate selection, which keeps the ``k - (#always pruned)`` lowest ban
 priority), exactly the rule of :func:`secprune.topk.lowest_k_mask`. Tests check bit-equality with it.
 
 :class:`BandedFinal` does the same for the server's final mask (``layer`` group over vote counts, ties by
-priority; :func:`secprune.aggregate.final_mask`) when only the band entries' counts change: the entries
+priority; :func:`secprune.fedprllm.aggregate.final_mask`) when only the band entries' counts change: the entries
 outside the band keep their relative order, so the k lowest keys of the union are found by merging the
 band's new keys into the fixed sorted order of the others.
 """

@@ -1,7 +1,7 @@
 """Fast masks for many calibration sets: the cheap path every many-shadow audit and attack uses.
 
 Two engines, both reusing the pruning core (``secprune.methods`` scores, ``secprune.topk`` selection
-with the same seeded tie-break priorities as :func:`secprune.federated.federated_prune`):
+with the same seeded tie-break priorities as :func:`secprune.fedprllm.driver.federated_prune`):
 
 * :class:`LayerZeroMasks` -- *exact* local Wanda / magnitude masks of decoder layer 0 for any subset of
   a pool of windows. Wanda's statistic is additive over windows (||X_j||^2 = sum over windows of the
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from secprune.federated import LocalSpec, federated_prune
+from secprune.fedprllm.driver import LocalSpec, federated_prune
 from secprune.methods import Wanda, wanda_score
 from secprune.model import decoder_layers, prunable_linears
 from secprune.replay import Replay

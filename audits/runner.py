@@ -36,13 +36,13 @@ import numpy as np
 import torch
 
 from secprune import dp
-from secprune.aggregate import ServerRule
 from secprune.attacks import inversion as inv
 from secprune.attacks.canary import CanaryBudget, exposure_audit
 from secprune.attacks.membership import MIABudget, run_membership, signal_strength
 from secprune.attacks.one_run_game import OneRunBudget, run_one_run
 from secprune.audits import measures
 from secprune.audits.engine import LayerZeroMasks, full_depth_masks, hamming
+from secprune.fedprllm.aggregate import ServerRule
 from secprune.masks import MaskSet
 
 PAPER = {  # FedPrLLM App. C, LLaMA-7B
@@ -123,7 +123,7 @@ def _rest_layer0(masks: MaskSet, names: list[str], exclude: int) -> torch.Tensor
 
 def run_core(inp: AuditInputs, budget: AuditBudget, *, quiet: bool = False) -> tuple[dict, dict]:
     """Returns (audit results, private reconstructions)."""
-    from secprune.federated import LocalSpec
+    from secprune.fedprllm.driver import LocalSpec
     from secprune.methods import make_method
 
     t_all = time.perf_counter()
@@ -463,7 +463,7 @@ def _defence(inp: AuditInputs, budget: AuditBudget, *, h_emp: int) -> dict:
     masks (one-shot client masks do not depend on the server, so this is what a run with the same noise
     would produce), beside the accounting the pipeline uses."""
     from secprune.evaluate import perplexity
-    from secprune.federated import apply_masks, restore
+    from secprune.surgery import pruned
     names = inp.client_masks.names()
     m = inp.client_masks.n
     counts = {n: sum(inp.client_masks.get(i, n).to(torch.int64) for i in range(m)) for n in names}
@@ -476,11 +476,8 @@ def _defence(inp: AuditInputs, budget: AuditBudget, *, h_emp: int) -> dict:
         if inp.eval_windows is None or inp.eval_windows.shape[0] == 0:
             return None
         final = {n: rule(n, c) for n, c in cnts.items()}
-        backup = apply_masks(inp.model, final)
-        try:
+        with pruned(inp.model, masks=final):
             return perplexity(inp.model, inp.eval_windows, progress=False)
-        finally:
-            restore(inp.model, backup)
 
     rows = [{"mechanism": "none", "param": None, "ppl": ppl(counts), "eps_worst": math.inf,
              "eps_empirical_sensitivity": math.inf}]

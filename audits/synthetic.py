@@ -58,7 +58,7 @@ def synthetic_inputs(*, method: str = "wanda", planted_token: int = 200, clients
                      seqlen: int = 32, population: int = 40, seed: int = 0):
     """AuditInputs for a tiny random LLaMA where client 0's windows are one repeated rare token."""
     from secprune.audits.runner import AuditInputs
-    from secprune.federated import LocalSpec, federated_prune
+    from secprune.fedprllm.driver import LocalSpec, federated_prune
     from secprune.methods import make_method
 
     model = tiny_llama(seed)

@@ -72,9 +72,10 @@ class Phases:
 def instrument(phases: Phases) -> None:
     """Wrap the pipeline's steps (those this secprune version has) so that each runs as a phase."""
     from secprune import run
+    from secprune.fedprllm import run as fedprllm_run
 
-    def wrap(name: str, label=None) -> None:
-        fn = getattr(run, name, None)
+    def wrap(module, name: str, label=None) -> None:
+        fn = getattr(module, name, None)
         if fn is None:
             return
 
@@ -82,13 +83,13 @@ def instrument(phases: Phases) -> None:
             with phases.phase(label(kw) if label else name):
                 return fn(*a, **kw)
 
-        setattr(run, name, wrapped)
+        setattr(module, name, wrapped)
 
-    wrap("prepare")
-    wrap("federated_prune", lambda kw: "centralized" if kw.get("desc") == "centralized" else f"federated_prune "
-                                                                                             f"{kw.get('desc', '')}")
-    wrap("local_prune", lambda kw: f"local_prune {kw.get('desc', '')}")
-    wrap("evaluate_model", lambda kw: f"eval {kw.get('label', '')}")
+    wrap(run, "prepare")
+    wrap(fedprllm_run, "federated_prune", lambda kw: "centralized" if kw.get("desc") == "centralized"
+         else f"federated_prune {kw.get('desc', '')}")
+    wrap(fedprllm_run, "local_prune", lambda kw: f"local_prune {kw.get('desc', '')}")
+    wrap(fedprllm_run, "evaluate_model", lambda kw: f"eval {kw.get('label', '')}")
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from secprune import calibration
 from secprune.config import PruneConfig
-from secprune.federated import LocalSpec, federated_prune
+from secprune.fedprllm.driver import LocalSpec, federated_prune
 from secprune.methods import make_method
 from secprune.model import load_model
 

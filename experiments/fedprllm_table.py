@@ -14,11 +14,11 @@ import time
 import numpy as np
 
 from secprune import calibration
-from secprune.aggregate import scale_factor
 from secprune.config import PruneConfig
 from secprune.evaluate import evaluate_model
 from secprune.experiments._common import ResultCache
-from secprune.federated import LocalSpec, federated_prune, local_prune, server_masks
+from secprune.fedprllm.aggregate import scale_factor
+from secprune.fedprllm.driver import LocalSpec, federated_prune, local_prune, server_masks
 from secprune.methods import make_method
 from secprune.model import load_model
 

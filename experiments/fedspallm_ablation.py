@@ -37,8 +37,9 @@ from secprune.evaluate import perplexity  # noqa: E402
 from secprune.experiments._common import ResultCache  # noqa: E402
 from secprune.experiments.fedspallm_table import DATASETS, _fmt, calib_config, setting_key  # noqa: E402
 from secprune.fedspallm.baselines import standalone_model  # noqa: E402
-from secprune.fedspallm.driver import FedSpaSpec, apply_weights, fedspallm_prune, restore_weights  # noqa: E402
+from secprune.fedspallm.driver import FedSpaSpec, fedspallm_prune  # noqa: E402
 from secprune.model import load_model  # noqa: E402
+from secprune.surgery import apply_weights, restore_weights  # noqa: E402
 
 VARIANTS = ("no-expansion", "sampled-r1", "sampled-r2", "centralized", "ties-magnitude", "ties-random", "secure-b16")
 

@@ -9,7 +9,7 @@ For every client count (4, 8, 16) and sparsity (50/60/70 %), on the same seeded 
   ``--standalone-clients`` clients;
 * ``random``: a seeded uniform random mask at the target sparsity (independent of the clients, run once);
 * ``fedprllm``: FedPrLLM's best recipe (one-shot, layer-wise server comparison, no weight scaling, Wanda at
-  the clients, row-wise local comparison) via :func:`secprune.federated.federated_prune`.
+  the clients, row-wise local comparison) via :func:`secprune.fedprllm.driver.federated_prune`.
 
 Perplexity on PTB (test) and wiki-lead (Wikipedia lead sections, test split; NOT WikiText-2). Each cell's
 result is cached in ``--cache`` (JSON) so an interrupted run resumes; the Markdown table is printed at the end.
@@ -40,12 +40,13 @@ from secprune import calibration  # noqa: E402
 from secprune.config import PruneConfig  # noqa: E402
 from secprune.evaluate import perplexity  # noqa: E402
 from secprune.experiments._common import ResultCache, fedspa_key  # noqa: E402
-from secprune.federated import LocalSpec, apply_masks, federated_prune, restore  # noqa: E402
+from secprune.fedprllm.driver import LocalSpec, federated_prune  # noqa: E402
 from secprune.fedspallm.baselines import random_masks  # noqa: E402
-from secprune.fedspallm.driver import FedSpaSpec, apply_weights, fedspallm_prune, restore_weights  # noqa: E402
+from secprune.fedspallm.driver import FedSpaSpec, fedspallm_prune  # noqa: E402
 from secprune.methods import Wanda  # noqa: E402
 from secprune.model import load_model  # noqa: E402
 from secprune.models_registry import MODELS  # noqa: E402
+from secprune.surgery import apply_masks, apply_weights, restore, restore_weights  # noqa: E402
 
 DATASETS = ("ptb", "wiki-lead")
 

@@ -78,7 +78,7 @@ def main() -> None:
     from secprune.attacks import inversion as inv
     from secprune.audits.engine import full_depth_masks
     from secprune.audits.runner import AuditBudget, inputs_from_run
-    from secprune.federated import LocalSpec
+    from secprune.fedprllm.driver import LocalSpec
     from secprune.methods import make_method
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -133,17 +133,10 @@ def evaluate_model(model, evals: dict, *, masks: dict[str, torch.Tensor] | None 
     (times ``scales``) or carrying ``weights`` in place of its dense matrices; the dense model is restored.
     With a pruned model the result also gives ``weight_sparsity``: the fraction of exact zeros, which can
     exceed the mask's sparsity when the dense weights already hold zeros (4-bit dequantized checkpoints do)."""
-    from secprune.federated import apply_masks, restore
-    from secprune.fedspallm.driver import apply_weights, restore_weights
+    from secprune.surgery import pruned
 
-    backup_w = apply_weights(model, weights) if weights else {}
-    backup_m = apply_masks(model, masks, scales=scales) if masks and not weights else None
-    try:
+    with pruned(model, masks=masks, scales=scales, weights=weights):
         res = {name: evaluate_one(model, name, w, label=label, progress=progress) for name, w in evals.items()}
         if weights or masks:
             res["weight_sparsity"] = achieved_sparsity(model)["overall"]
         return res
-    finally:
-        if backup_m is not None:
-            restore(model, backup_m)
-        restore_weights(model, backup_w)

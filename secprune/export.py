@@ -3,7 +3,8 @@
 The run's files are keyed by the model's own parameter names, so the export needs no secprune naming:
 FedPrLLM: W <- W (.) (1 - M) (times (m - votes) / m with ``--scaling``, FedPrLLM step 6);
 FedSpaLLM: W <- 0 where M, the aggregated kept values elsewhere. The arithmetic is the evaluation's own
-(:func:`secprune.aggregate.pruned_weight`), so the exported float32 model gives the perplexity the run reported.
+(:func:`secprune.fedprllm.aggregate.pruned_weight`), so the exported float32 model gives the perplexity the run
+reported.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file
 
 from secprune import log, outdir, summary
-from secprune.aggregate import pruned_weight, scale_factor
 from secprune.config import PruneConfig
 from secprune.errors import UsageError
+from secprune.fedprllm.aggregate import pruned_weight, scale_factor
 from secprune.masks import MaskSet
 from secprune.model import all_prunable, inspect_model, load_lm, load_tokenizer, param_names
 

@@ -1,7 +1,7 @@
 """In-process driver: every client of a strategy simulated over one copy of the model.
 
 Per task (decoder layer): each participant's windows run through the layer in batches of their own (as in
-its own process) and collect its statistics, then its :meth:`~secprune.strategies.base.Strategy.client_step`
+its own process) and collect its statistics, then its :meth:`~secprune.strategy.Strategy.client_step`
 runs and the statistics are dropped (one client's Hessians in memory at a time, not m);
 the submitted vectors go through the secure summers (or plaintext sums); the server step sees only the
 sums; then the windows move on, grouped by the weights their owners continue with. Every step can be
@@ -25,7 +25,7 @@ from secprune.masks import MaskSet
 from secprune.replay import Replay, check_parts
 from secprune.secagg import ProtocolError, SecureSum, Session
 from secprune.secagg.he_validation import Rule
-from secprune.strategies.base import ClientUpdate, Kind, Strategy, Task
+from secprune.strategy import ClientUpdate, Kind, Strategy, Task
 
 
 class Summers(Protocol):

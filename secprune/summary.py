@@ -52,7 +52,7 @@ def mask_sparsity(masks: dict[str, torch.Tensor], *, target: float) -> dict:
 
 
 def fedprllm_communication(comm: dict) -> tuple[dict, dict]:
-    """(summary part, log part) of :func:`secprune.comm.mask_communication`."""
+    """(summary part, log part) of :func:`secprune.fedprllm.comm.mask_communication`."""
     rounds = comm["per_round"]
     return ({"rounds": comm["rounds"],
              "upload_bytes_per_client": sum(r["upload_bytes"] for r in rounds),

@@ -8,11 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from secprune.errors import UsageError
-from secprune.federated import LocalSpec, apply_masks, federated_prune, restore
+from secprune.fedprllm.driver import LocalSpec, federated_prune
 from secprune.fedspallm.driver import FedSpaSpec, fedspallm_prune
 from secprune.methods import SparseGPT, Wanda
 from secprune.model import all_prunable, decoder_layers, param_names, prunable_matrices, weight_inventory
 from secprune.replay import Replay
+from secprune.surgery import apply_masks, restore
 
 from .tiny_models import FAMILIES, MOE, VOCAB, tiny_model
 

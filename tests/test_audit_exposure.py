@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from secprune.aggregate import ServerRule, final_mask
 from secprune.attacks.canary import CanaryBudget, exposure_audit
 from secprune.attacks.membership import FinalMasks
 from secprune.audits import exposure as X
 from secprune.audits.banded import BandedFinal, BandedRowTopK, sqrt32
 from secprune.audits.engine import LayerZeroMasks
 from secprune.audits.synthetic import ByteTokenizer, tiny_llama, zipf_windows
+from secprune.fedprllm.aggregate import ServerRule, final_mask
 from secprune.methods import wanda_score
 from secprune.topk import lowest_k_mask, priority
 

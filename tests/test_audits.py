@@ -10,7 +10,7 @@ from secprune.audits import epsilon as E
 from secprune.audits import measures
 from secprune.audits.engine import LayerZeroMasks, full_depth_masks
 from secprune.audits.synthetic import tiny_llama, zipf_windows
-from secprune.federated import LocalSpec, federated_prune
+from secprune.fedprllm.driver import LocalSpec, federated_prune
 from secprune.methods import make_method
 
 
@@ -106,9 +106,9 @@ def test_the_audits_final_mask_is_the_runs_own_under_reference_numerics(tmp_path
     while a ``--numerics reference`` run breaks them by index (upstream's stable sort).  Now every caller uses the
     run's :class:`ServerRule`: from the run's own client masks it gives the run's final mask bit for bit, where the
     seeded copies gave another one (vote counts tie everywhere)."""
-    from secprune.aggregate import ServerRule
     from secprune.audits.runner import AuditBudget, inputs_from_run
     from secprune.cli import main
+    from secprune.fedprllm.aggregate import ServerRule
     from secprune.masks import MaskSet
     from secprune.model import load_model, param_names
 

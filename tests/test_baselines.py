@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from secprune.cli import main
-from secprune.federated import LocalSpec, federated_prune, local_prune
+from secprune.fedprllm.driver import LocalSpec, federated_prune, local_prune
 from secprune.methods import Wanda
 from secprune.model import all_prunable
 

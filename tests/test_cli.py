@@ -219,7 +219,7 @@ def test_out_must_be_a_new_or_secprune_folder(tiny_folder, client_files, tmp_pat
 
 
 def test_failed_run_leaves_no_output_and_resumes(tiny_folder, client_files, tmp_path, monkeypatch):
-    import secprune.run as run_mod
+    import secprune.fedprllm.run as run_mod
 
     out = tmp_path / "run"
 

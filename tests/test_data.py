@@ -60,7 +60,7 @@ def test_brown_tags_are_stripped():
 
 
 def test_communication_matches_fedprllm_table3_shape():
-    from secprune.comm import mask_communication
+    from secprune.fedprllm.comm import mask_communication
 
     layers = [1000, 1000, 500]
     one = mask_communication(layer_entries=layers, n_clients=4, strategy="one-shot")

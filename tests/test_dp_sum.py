@@ -146,7 +146,7 @@ def test_dp_flags_refuse_contradictions(tiny_folder, client_files, tmp_path, cap
 
 
 def test_server_keeps_noisy_counts_outside_the_vote_range():
-    from secprune.aggregate import count_tensor
+    from secprune.fedprllm.aggregate import count_tensor
 
     noisy = np.array([-7, 0, 3, 16, 300], dtype=np.int64)  # Skellam noise pushes counts below 0 and above m
     assert count_tensor(noisy, 16).tolist() == noisy.tolist()

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from secprune.aggregate import count_dtype, final_mask, pruned_weight, scale_factor
-from secprune.federated import LocalSpec, apply_masks, federated_prune, restore
+from secprune.fedprllm.aggregate import count_dtype, final_mask, pruned_weight, scale_factor
+from secprune.fedprllm.driver import LocalSpec, federated_prune
 from secprune.methods import Magnitude, SparseGPT, Wanda
 from secprune.model import all_prunable, decoder_layers, prunable_linears
+from secprune.surgery import apply_masks, restore
 from secprune.topk import priority
 
 from .conftest import tiny_llama

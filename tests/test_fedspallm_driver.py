@@ -10,7 +10,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from secprune.capture import first_layer_inputs
-from secprune.federated import LocalSpec, federated_prune
+from secprune.fedprllm.driver import LocalSpec, federated_prune
 from secprune.fedspallm import FedSpaSpec, fedspallm_prune, target_pruned
 from secprune.methods import SparseGPT
 from secprune.model import all_prunable, decoder_layers, prunable_linears

@@ -16,9 +16,9 @@ import torch
 
 pytest.importorskip("flwr")
 
-from secprune.aggregate import final_mask  # noqa: E402
 from secprune.cli import main  # noqa: E402
 from secprune.config import PruneConfig  # noqa: E402
+from secprune.fedprllm.aggregate import final_mask  # noqa: E402
 from secprune.flower.driver import Refused, ServerRun  # noqa: E402
 from secprune.flower.local import LocalTransport  # noqa: E402
 from secprune.flower.settings import app_pyproject, config_from_run, run_config_from  # noqa: E402
@@ -257,7 +257,7 @@ def test_the_server_logs_only_known_timing_fields_from_a_client():
 
 def test_the_node_kinds_are_the_strategies_kinds():
     from secprune.flower.node import KINDS, build_strategy
-    from secprune.strategies.base import Task
+    from secprune.strategy import Task
 
     for algo, extra in (("fedprllm", {}), ("fedspallm", {"algorithm": "fedspallm"})):
         cfg = PruneConfig(clients=4, secure_agg="pairwise", secagg_colluders="0", **extra).validate()

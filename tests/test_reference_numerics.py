@@ -18,7 +18,7 @@ import torch
 from secprune import calibration
 from secprune.cli import main
 from secprune.config import PruneConfig
-from secprune.federated import federated_prune, local_prune, spec_from_config
+from secprune.fedprllm.driver import federated_prune, local_prune, spec_from_config
 from secprune.masks import MaskSet
 from secprune.model import load_model, param_names
 
@@ -125,8 +125,13 @@ def test_reference_flag_contradictions():
 
 @pytest.mark.parametrize("who", ["centralized", "local0"])
 def test_wanda_statistic_equals_upstreams_float32_running_mean(upstream_model, who):
-    """Upstream's own ``scaler_row`` bits: per-sample running mean, and for a one-shot client (local0) the
-    zero samples up to ``nsamples`` that upstream's loop adds (without them the mean is 4x larger here)."""
+    """Upstream's own ``scaler_row``: per-sample running mean, and for a one-shot client (local0) the zero
+    samples up to ``nsamples`` that upstream's loop adds (without them the mean is 4x larger here).
+
+    Bit for bit where the matrix's input is the same on every CPU (layer 0's q/k/v read the normed embeddings,
+    no matmul before them): there the float32 running mean's rounding shows. Past the first matmul the
+    activations themselves differ in their last bits between CPUs (BLAS summation order; upstream's own code
+    gives other bits on another machine), so those are compared by value, to 1e-5 relative."""
     from secprune.methods import UpstreamWanda
 
     folder, model, tok = upstream_model
@@ -144,5 +149,10 @@ def test_wanda_statistic_equals_upstreams_float32_running_mean(upstream_model, w
     spec.method = Recording(pad_to=spec.method.pad_to)
     windows = calib.pooled if who == "centralized" else calib.windows[torch.as_tensor(calib.parts[0])]
     masks, _ = local_prune(model, windows, spec=spec, progress=False)
-    got = {n: digest(s.numpy().astype(np.float32)) for n, s in zip(masks, seen, strict=True)}
-    assert got == FIXTURE["stats"][who]
+    got = {n: s.numpy().astype(np.float32) for n, s in zip(masks, seen, strict=True)}
+    want = {n: np.frombuffer(bytes.fromhex(h), dtype=np.float32) for n, h in FIXTURE["stat_values"][who].items()}
+    assert got.keys() == want.keys()
+    exact = [f"layers.0.self_attn.{p}_proj" for p in "qkv"]
+    assert {n: digest(got[n]) for n in exact} == {n: FIXTURE["stats"][who][n] for n in exact}
+    for n in got:
+        np.testing.assert_allclose(got[n], want[n], rtol=1e-5, atol=0, err_msg=n)

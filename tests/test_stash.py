@@ -7,10 +7,10 @@ import tempfile
 import pytest
 import torch
 
-from secprune.aggregate import pruned_weight
-from secprune.federated import apply_masks, restore
+from secprune.fedprllm.aggregate import pruned_weight
 from secprune.model import all_prunable
 from secprune.stash import WeightStash
+from secprune.surgery import apply_masks, restore
 
 from .tiny_models import tiny_model
 

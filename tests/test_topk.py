@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from secprune.aggregate import final_mask
+from secprune.fedprllm.aggregate import final_mask
 from secprune.topk import GROUPS, index_priority, lowest_k_mask, most_votes_mask, ordered_key, priority
 
 

@@ -164,9 +164,9 @@ def test_prune_reports_zero_shot_for_every_model_with_the_run_masks(tiny_folder,
     from transformers import AutoModelForCausalLM
 
     from secprune.cli import main
-    from secprune.federated import apply_masks
     from secprune.masks import MaskSet
     from secprune.model import load_tokenizer, param_names
+    from secprune.surgery import apply_masks
 
     out = tmp_path / "run"
     assert main(["prune", "--model", str(tiny_folder), "--clients", "2", "--nsamples", "4", "--seqlen", "16",

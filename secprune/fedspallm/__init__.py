@@ -11,9 +11,9 @@ from secprune.fedspallm.aggregate import (
     secure_l0_sums,
     target_pruned,
 )
-from secprune.fedspallm.driver import FedSpaResult, FedSpaSpec, apply_weights, fedspallm_prune, restore_weights
+from secprune.fedspallm.driver import FedSpaResult, FedSpaSpec, fedspallm_prune
 from secprune.fedspallm.sampling import layer_budgets, sample_layers, schedule
 
-__all__ = ["FedSpaResult", "FedSpaSpec", "FixedPoint", "aggregate_matrix", "apply_weights", "expand_mask",
-           "expansion_k", "fedspallm_prune", "l0_aggregate", "layer_budgets", "prune_counts", "restore_weights",
-           "sample_layers", "schedule", "secure_l0_sums", "target_pruned"]
+__all__ = ["FedSpaResult", "FedSpaSpec", "FixedPoint", "aggregate_matrix", "expand_mask", "expansion_k",
+           "fedspallm_prune", "l0_aggregate", "layer_budgets", "prune_counts", "sample_layers", "schedule",
+           "secure_l0_sums", "target_pruned"]

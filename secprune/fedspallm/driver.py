@@ -1,11 +1,11 @@
 """FedSpaLLM rounds over a simulated federation (Bai et al., NAACL 2025, Algorithm 1).
 
-The algorithm itself is :class:`secprune.strategies.fedspallm.FedSpaLLM` (client step and server step);
+The algorithm itself is :class:`secprune.fedspallm.strategy.FedSpaLLM` (client step and server step);
 this module runs it in-process with :func:`secprune.simulation.simulate` and keeps the public entry
 point, its spec and its result type.
 
 All ``N`` clients are simulated over one copy of the model, decoder layer by decoder layer, as in
-:mod:`secprune.federated`. One round ``t``:
+:mod:`secprune.fedprllm.driver`. One round ``t``:
 
 1. the server samples ``L_i`` for every client (Eq. 8, :mod:`secprune.fedspallm.sampling`) and sends those
    layers of the current global model ``W_g`` (round 1: the dense model);
@@ -38,12 +38,12 @@ import torch
 from secprune.errors import UsageError
 from secprune.fedspallm.aggregate import DEFAULT_CLIP_FACTOR
 from secprune.fedspallm.sampling import schedule as make_schedule
+from secprune.fedspallm.strategy import FedSpaLLM
 from secprune.methods import Method, SparseGPT
 from secprune.model import decoder_layers, prunable_linears
 from secprune.secagg import SecureSum, make_summer
 from secprune.simulation import PlainSums, simulate
-from secprune.strategies.base import Kind
-from secprune.strategies.fedspallm import FedSpaLLM
+from secprune.strategy import Kind
 
 
 @dataclass
@@ -221,23 +221,3 @@ def _round_log(t: int, sched: list[list[int]], summ: list[dict], *, n_layers: in
         "fixed_point_mask_flips": int(sum(a.get("mask_flips", 0) for a in summ)),
         "fixed_point_clipped": int(sum(a["clipped"] for a in summ)),
     }
-
-
-def apply_weights(model, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Load matrices into the model; returns the previous tensors so that ``restore_weights`` can undo it."""
-    from secprune.model import all_prunable
-
-    lins = all_prunable(model)
-    backup = {}
-    for name, w in weights.items():
-        backup[name] = lins[name].weight
-        lins[name].weight = w.to(backup[name].device, backup[name].dtype)
-    return backup
-
-
-def restore_weights(model, backup: dict[str, torch.Tensor]) -> None:
-    from secprune.model import all_prunable
-
-    lins = all_prunable(model)
-    for name, w in backup.items():
-        lins[name].weight = w

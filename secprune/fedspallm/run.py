@@ -24,11 +24,10 @@ from secprune.fedspallm.baselines import random_masks, standalone_model
 from secprune.fedspallm.driver import fedspallm_prune, spec_from_config
 from secprune.fedspallm.sampling import schedule
 from secprune.model import decoder_layers, param_names
+from secprune.run_common import common_summary, mean_over_clients, save_final_mask, secagg_options
 
 
 def run_fedspallm(cfg: PruneConfig, prep, tmp: Path, partial: Path, *, progress: bool = True) -> tuple[dict, dict]:
-    from secprune.run import common_summary, mean_over_clients, save_final_mask, secagg_options
-
     torch.manual_seed(cfg.seed)
     model, calib, evals = prep.model, prep.calib, prep.evals
     m = len(calib.parts)

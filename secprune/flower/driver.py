@@ -1,6 +1,6 @@
 """The server's side of a distributed run: any strategy, secprune's own secure aggregation, over messages.
 
-:class:`ServerRun` plays :class:`~secprune.strategies.base.Strategy` tasks with clients it reaches only
+:class:`ServerRun` plays :class:`~secprune.strategy.Strategy` tasks with clients it reaches only
 through a :class:`Transport` (Flower's Grid in :mod:`secprune.flower.server_app`; an in-process one in
 tests). Tasks a client can do back to back (one-shot FedPrLLM: the whole model; FedSpaLLM: one round)
 travel in one ``step`` message; the client's reply carries its secure-aggregation upload. Stages, one
@@ -41,7 +41,7 @@ from secprune.flower.node import build_strategy, task_spec
 from secprune.flower.records import unpack_vector
 from secprune.model import decoder_layers, prunable_linears
 from secprune.secagg.errors import ProtocolError, SecAggAbortError
-from secprune.strategies.base import Kind, Task
+from secprune.strategy import Kind, Task
 
 
 class Transport(Protocol):

@@ -34,7 +34,7 @@ import numpy as np
 from secprune.config import PruneConfig
 from secprune.errors import UsageError
 from secprune.outdir import open_private, private_dir
-from secprune.strategies.base import ClientUpdate, Task
+from secprune.strategy import ClientUpdate, Task
 
 if TYPE_CHECKING:  # the protocol stages import no torch: only the pruning step needs it
     import torch
@@ -48,17 +48,9 @@ KINDS = {"fedprllm": ("mask",), "fedspallm": ("mask", "weight")}
 
 def build_strategy(cfg: PruneConfig, *, secure: bool):
     """The run's strategy, the same object on the server and at every client."""
-    if cfg.algorithm == "fedspallm":
-        from secprune.fedspallm import driver
+    from secprune.algorithms import algorithm
 
-        return driver.make_strategy(driver.spec_from_config(cfg), n_clients=cfg.clients, secure=secure)
-    from secprune.federated import spec_from_config
-    from secprune.strategies.fedprllm import FedPrLLM
-
-    spec = spec_from_config(cfg)
-    return FedPrLLM(method=spec.method, n_clients=cfg.clients, sparsity=cfg.sparsity, local_group=cfg.local_group,
-                    server_group=cfg.server_group, strategy=cfg.strategy, scaling=cfg.scaling, seed=cfg.seed,
-                    stable_ties=spec.stable_ties)
+    return algorithm(cfg.algorithm).strategy(cfg, n_clients=cfg.clients, secure=secure)
 
 
 @lru_cache(maxsize=2)

@@ -75,10 +75,10 @@ def write_outputs(run: ServerRun, result: dict, out: Path, *, evaluate: bool) ->
     from safetensors.numpy import save_file as save_numpy
     from safetensors.torch import save_file
 
-    from secprune.aggregate import count_dtype
     from secprune.evaluate import build_evals, evaluate_model
+    from secprune.fedprllm.aggregate import count_dtype
     from secprune.model import load_model, param_names
-    from secprune.run import save_final_mask
+    from secprune.run_common import save_final_mask
 
     cfg, strategy, model = run.cfg, run.strategy, run.model
     names = param_names(model)

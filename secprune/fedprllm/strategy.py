@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from secprune.aggregate import count_tensor, final_mask, pruned_weight, scale_factor
+from secprune.fedprllm.aggregate import count_tensor, final_mask, pruned_weight, scale_factor
 from secprune.masks import PackedMasks
 from secprune.methods import Method
-from secprune.strategies.base import ClientUpdate, Kind, Strategy, Task
+from secprune.strategy import ClientUpdate, Kind, Strategy, Task
 from secprune.topk import tie_break
 
 STRATEGIES = ("one-shot", "iterative")

@@ -19,6 +19,7 @@ methods nothing but the sums.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -59,11 +60,13 @@ class Kind:
     is_float: bool = False
 
 
-class Strategy:
-    """Base class; see the module docstring for the protocol."""
+class Strategy(ABC):
+    """Abstract base; see the module docstring for the protocol.  The abstract methods are the algorithm; the
+    others are optional hooks with the defaults of an algorithm that needs none of them."""
 
     name = "base"
 
+    @abstractmethod
     def tasks(self, *, n_layers: int) -> list[Task]:
         """The run's plan (fixed in advance, so a resumed run can skip what is done)."""
         raise NotImplementedError
@@ -90,6 +93,7 @@ class Strategy:
         """Consecutive tasks with the same scope share one secure-aggregation session (one key agreement)."""
         return f"round{task.round}.layers.{task.layer}"
 
+    @abstractmethod
     def kinds(self, task: Task) -> list[Kind]:
         """The kinds of vector every participant submits in ``task`` (one sum per matrix and kind)."""
         raise NotImplementedError
@@ -102,11 +106,13 @@ class Strategy:
         return None
 
     # --- client side
+    @abstractmethod
     def client_step(self, task: Task, *, layer: dict[str, torch.Tensor], stats: dict[str, torch.Tensor | None]
                     ) -> ClientUpdate:
         """Prune one layer: ``layer`` are the weights the statistics were collected through."""
         raise NotImplementedError
 
+    @abstractmethod
     def next_weights(self, task: Task, *, update: ClientUpdate | None, layer: dict[str, torch.Tensor]
                      ) -> dict[str, torch.Tensor] | None:
         """Weights a client's windows go through to reach the next layer (None = its dense layer).
@@ -117,6 +123,7 @@ class Strategy:
         raise NotImplementedError
 
     # --- server side
+    @abstractmethod
     def server_step(self, task: Task, sums: dict[str, dict[str, np.ndarray | torch.Tensor]], *,
                     layer: dict[str, torch.Tensor], uploads: dict[int, dict[str, int]] | None = None,
                     sent_bytes: dict[int, int] | None = None) -> dict:
@@ -125,6 +132,7 @@ class Strategy:
         communication log. Returns the step's server state (the driver checkpoints it)."""
         raise NotImplementedError
 
+    @abstractmethod
     def load_step(self, state: dict) -> None:
         """Put back what :meth:`server_step` returned (resuming a run)."""
         raise NotImplementedError
@@ -136,6 +144,7 @@ class Strategy:
     def load_extra(self, state: dict) -> None:
         return None
 
+    @abstractmethod
     def fingerprint(self) -> dict:
         """Everything that changes the result, for checkpoint fingerprints."""
         raise NotImplementedError

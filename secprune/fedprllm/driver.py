@@ -1,6 +1,6 @@
 """Layer-by-layer federated pruning (FedPrLLM, Guo et al. 2025, Sec. 3 and Fig. 1), simulated in-process.
 
-The algorithm is :class:`secprune.strategies.fedprllm.FedPrLLM` (client step: local mask; server step:
+The algorithm is :class:`secprune.fedprllm.strategy.FedPrLLM` (client step: local mask; server step:
 vote counts and top-k); :func:`secprune.simulation.simulate` runs every client over one copy of the
 model, one batched forward per layer. A centralized run is the special case of one client holding every
 window. The dense weights are restored after every layer; the caller applies the final masks.
@@ -15,17 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from secprune.aggregate import final_mask
+from secprune.fedprllm.aggregate import final_mask
+from secprune.fedprllm.strategy import STRATEGIES, FedPrLLM
 from secprune.masks import MaskSet
 from secprune.methods import Method
-from secprune.model import all_prunable
 from secprune.secagg import SecureSum, make_summer
 from secprune.simulation import OneSummer, simulate
-from secprune.stash import WeightStash
-from secprune.strategies.fedprllm import STRATEGIES, FedPrLLM
 
-__all__ = ["STRATEGIES", "FedResult", "LocalSpec", "apply_masks", "federated_prune", "local_prune", "restore",
-           "server_masks"]
+__all__ = ["STRATEGIES", "FedResult", "LocalSpec", "federated_prune", "local_prune", "server_masks"]
 
 
 @dataclass
@@ -70,6 +67,15 @@ def server_masks(counts: dict[str, torch.Tensor], *, sparsity: float, group: str
             for name, c in counts.items()}
 
 
+def make_strategy(spec: LocalSpec, *, n_clients: int, strategy: str = "one-shot", server_group: str = "layer",
+                  scaling: bool = False, keep_counts: bool = True, check_counts: bool = True) -> FedPrLLM:
+    """The run's FedPrLLM strategy from the clients' local pruning and the server's options: the same object
+    in-process, on the Flower server and at every Flower client."""
+    return FedPrLLM(method=spec.method, n_clients=n_clients, sparsity=spec.sparsity, local_group=spec.local_group,
+                    server_group=server_group, strategy=strategy, scaling=scaling, seed=spec.seed,
+                    stable_ties=spec.stable_ties, keep_counts=keep_counts, check_counts=check_counts)
+
+
 def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, spec: LocalSpec,
                     strategy: str = "one-shot", server_group: str = "layer", scaling: bool = False,
                     summer: SecureSum | None = None, checkpoint: Path | None = None,
@@ -87,9 +93,8 @@ def federated_prune(model, windows: torch.Tensor, parts: list[np.ndarray], *, sp
     """
     m = len(parts)
     summer = summer or make_summer("none", n_clients=m)
-    strat = FedPrLLM(method=spec.method, n_clients=m, sparsity=spec.sparsity, local_group=spec.local_group,
-                     server_group=server_group, strategy=strategy, scaling=scaling, seed=spec.seed,
-                     stable_ties=spec.stable_ties, keep_counts=keep_counts, check_counts=summer.exact)
+    strat = make_strategy(spec, n_clients=m, strategy=strategy, server_group=server_group, scaling=scaling,
+                          keep_counts=keep_counts, check_counts=summer.exact)
     sim = simulate(model, windows, parts, strat, summers=OneSummer(summer), batch_size=spec.batch_size,
                    checkpoint=checkpoint, keep=keep_weights, desc=desc, progress=progress,
                    record_masks=True if record_clients is None else record_clients,
@@ -109,33 +114,3 @@ def local_prune(model, windows: torch.Tensor, *, spec: LocalSpec, checkpoint: Pa
     res = federated_prune(model, windows, [np.arange(len(windows))], spec=spec, checkpoint=checkpoint,
                           keep_weights=[0] if keep_weights else [], desc=desc, progress=progress)
     return res.client_masks.party(0), res.weights.get(0)
-
-
-def apply_masks(model, masks: dict[str, torch.Tensor], *, scales: dict[str, torch.Tensor] | None = None
-                ) -> WeightStash:
-    """Prune the model in place (W (.) (1 - M), times the scale if given); the dense weights go to a
-    :class:`~secprune.stash.WeightStash` on disk, not to memory, and ``restore`` puts them back."""
-    lins = all_prunable(model)
-    stash = WeightStash()
-    try:
-        for name, mask in masks.items():
-            mat = lins[name]
-            stash.put(name, mat.data)
-            w = mat.weight  # a view of the parameter: pruning it prunes the model
-            w.masked_fill_(mask.to(w.device), 0.0)
-            if scales is not None:
-                w.mul_(scales[name].to(w.device, w.dtype))
-    except BaseException:
-        restore(model, stash)
-        raise
-    return stash
-
-
-def restore(model, backup: WeightStash) -> None:
-    """Undo :func:`apply_masks`: every stashed matrix gets its dense weights back, and the stash is closed."""
-    lins = all_prunable(model)
-    try:
-        for name in backup:
-            backup.take(name, lins[name].data)
-    finally:
-        backup.close()

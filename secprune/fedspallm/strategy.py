@@ -19,7 +19,7 @@ from secprune.fedspallm.aggregate import FixedPoint, LayerAggregate, l0_sums, se
 from secprune.fedspallm.comm import CommLog
 from secprune.fedspallm.sampling import schedule as make_schedule
 from secprune.methods import Method
-from secprune.strategies.base import ClientUpdate, Kind, Strategy, Task
+from secprune.strategy import ClientUpdate, Kind, Strategy, Task
 from secprune.topk import priority
 
 

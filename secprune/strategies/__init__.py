@@ -1,1 +1,0 @@
-"""Federated pruning algorithms as a client step and a server step (:mod:`secprune.strategies.base`)."""
