@@ -28,10 +28,6 @@ def set_quiet(quiet: bool) -> None:
             pass
 
 
-def is_quiet() -> bool:
-    return _quiet
-
-
 def info(msg: str, *, markup: bool = False) -> None:
     """A line for people; text is literal (paths and "[audit]" are not style tags) unless ``markup``."""
     if not _quiet:

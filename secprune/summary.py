@@ -18,7 +18,6 @@ from secprune.outdir import atomic_write
 
 SCHEMA = "secprune.summary/1"
 LOG_SCHEMA = "secprune.log/1"
-RESULT_KEYS = ("dense", "federated", "centralized", "local-only", "random")
 
 
 def model_info(model, name: str) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -29,26 +30,25 @@ def priority(*, shape: tuple[int, ...], group: str, seed: int, tag: str) -> torc
     """
     digest = hashlib.sha256(f"{seed}:{tag}".encode()).digest()
     gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-    rows, cols = shape[-2:]
-    if group == "row":
-        return torch.randperm(cols, generator=gen).view(1, cols)
-    if group == "column":
-        return torch.randperm(rows, generator=gen).view(rows, 1)
-    if group == "layer":
-        return torch.randperm(rows * cols, generator=gen).view(rows, cols)
-    raise ValueError(f"comparison group must be one of {GROUPS}, got {group!r}")
+    return _per_group(shape, group, lambda n: torch.randperm(n, generator=gen))
 
 
 def index_priority(*, shape: tuple[int, ...], group: str) -> torch.Tensor:
     """The tie-break of a stable sort (``torch.sort(..., stable=True)``, as upstream Wanda and FedPrLLM
     select): ties go to the lower index inside the group (``--numerics reference``)."""
+    return _per_group(shape, group, torch.arange)
+
+
+def _per_group(shape: tuple[int, ...], group: str, order: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """``order(n)`` laid out over the group: along the columns for row groups, the rows for column groups,
+    all entries (row-major) for the layer group."""
     rows, cols = shape[-2:]
     if group == "row":
-        return torch.arange(cols).view(1, cols)
+        return order(cols).view(1, cols)
     if group == "column":
-        return torch.arange(rows).view(rows, 1)
+        return order(rows).view(rows, 1)
     if group == "layer":
-        return torch.arange(rows * cols).view(rows, cols)
+        return order(rows * cols).view(rows, cols)
     raise ValueError(f"comparison group must be one of {GROUPS}, got {group!r}")
 
 

@@ -20,12 +20,12 @@ from secprune.cli import main  # noqa: E402
 from secprune.config import PruneConfig  # noqa: E402
 from secprune.fedprllm.aggregate import final_mask  # noqa: E402
 from secprune.flower.driver import Refused, ServerRun  # noqa: E402
-from secprune.flower.local import LocalTransport  # noqa: E402
 from secprune.flower.settings import app_pyproject, config_from_run, run_config_from  # noqa: E402
 from secprune.masks import MaskSet  # noqa: E402
 from secprune.model import load_model, param_names  # noqa: E402
 from secprune.secagg.errors import SecAggAbortError  # noqa: E402
 
+from .local_transport import LocalTransport  # noqa: E402
 from .test_privacy_outputs import needles  # noqa: E402
 
 # every layer sampled by three of the four clients: the fewest a secure sum may cover

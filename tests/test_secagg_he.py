@@ -10,7 +10,7 @@ from secprune.secagg import make_summer
 from secprune.secagg.crypto import public_bytes
 from secprune.secagg.errors import ProtocolError, SecAggAbortError
 from secprune.secagg.he import HEClient, HEConfig, HEServer, KeyHolder
-from secprune.secagg.he_packing import batching_prime, decode_slots, encode_slots, slot_packing, uniform_mod
+from secprune.secagg.he_packing import batching_prime, decode_slots, encode_slots, is_prime, slot_packing, uniform_mod
 from secprune.secagg.identity import IdentityKey, KeyDirectory
 from secprune.secagg.ledger import Ledger
 from secprune.secagg.messages import HEADER, KEY_HOLDER, SERVER, MsgType, decode, encode
@@ -62,6 +62,46 @@ def test_batching_prime_and_packing():
     assert slot_packing(n_clients=8, max_value=1, plain_modulus=t) == (9, 12)
     with pytest.raises(ValueError, match="plain_modulus_bits"):
         slot_packing(n_clients=2, max_value=2**40, plain_modulus=t)
+
+
+def test_is_prime_against_a_sieve_and_known_pseudoprimes():
+    limit = 200_000
+    sieve = np.ones(limit, dtype=bool)
+    sieve[:2] = False
+    for p in range(2, int(limit**0.5) + 1):
+        if sieve[p]:
+            sieve[p * p::p] = False
+    assert [n for n in range(limit) if is_prime(n)] == np.flatnonzero(sieve).tolist()
+    # strong pseudoprimes to bases 2..7, and to 2..31 (Jaeschke 1993; only 37 witnesses it): fewer bases fail
+    assert not is_prime(3_215_031_751) and not is_prime(3_825_123_056_546_413_051)
+    assert is_prime(2**61 - 1) and not is_prime(2**61 + 1)  # a Mersenne prime; 2^61+1 = 3 * ...
+    with pytest.raises(ValueError, match="psi_12"):
+        is_prime(318_665_857_834_031_151_167_461)  # the least strong pseudoprime to all twelve bases
+
+
+# batching_prime as pycryptodome's isPrime found them (its value before our own test replaced it)
+@pytest.mark.parametrize("bits, degree, prime", [
+    (17, 4096, 114689),
+    (17, 8192, 114689),
+    (17, 16384, 65537),
+    (20, 4096, 1032193),
+    (20, 8192, 1032193),
+    (20, 16384, 786433),
+    (30, 4096, 1073692673),
+    (30, 8192, 1073692673),
+    (30, 16384, 1073643521),
+    (40, 4096, 1099511480321),
+    (40, 8192, 1099511480321),
+    (40, 16384, 1099510054913),
+    (50, 4096, 1125899906826241),
+    (50, 8192, 1125899906826241),
+    (50, 16384, 1125899904679937),
+    (60, 4096, 1152921504606830593),
+    (60, 8192, 1152921504606830593),
+    (60, 16384, 1152921504606748673),
+])
+def test_batching_prime_equals_the_recorded_primes(bits, degree, prime):
+    assert batching_prime(bits=bits, poly_modulus_degree=degree) == prime
 
 
 @pytest.mark.parametrize("length, per_slot", [(1, 6), (6, 6), (7, 6), (100, 1), (101, 13)])

@@ -20,13 +20,7 @@ from pathlib import Path
 
 from secprune import log, outdir
 from secprune.errors import UsageError
-
-
-def write_connection(home: Path, name: str, conn: dict) -> None:
-    """The Flower CLI's ``config.toml`` in FLWR_HOME ``home``: one SuperLink connection ``name``, the default."""
-    import tomli_w
-
-    (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": name, name: conn}}))
+from secprune.flower.localhost import free_port, stop_local_superlinks, write_connection
 
 
 def register(sub, add_config_flags, config_from_args, emit) -> None:
@@ -221,8 +215,6 @@ def cmd_serve(args: argparse.Namespace, config_from_args, emit) -> int:
     if args.simulation:
         # Flower's local SuperLink outlives `flwr run` and is reused by any later run on its ports, even one
         # whose FLWR_HOME is gone: give this run one of its own on free ports, and stop it afterwards.
-        from secprune.flower.localhost import free_port
-
         env.update(FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()), FLWR_LOCAL_CONTROL_API_PORT=str(free_port()))
     log.info(f"running: FLWR_HOME={home} {shlex.join(cmd)}")
     try:
@@ -230,8 +222,6 @@ def cmd_serve(args: argparse.Namespace, config_from_args, emit) -> int:
                                stderr=subprocess.STDOUT if not args.quiet else subprocess.DEVNULL)
     finally:
         if args.simulation:
-            from secprune.flower.localhost import stop_local_superlinks
-
             stop_local_superlinks(home)
         if temporary_home:
             shutil.rmtree(home, ignore_errors=True)

@@ -17,6 +17,13 @@ from pathlib import Path
 from secprune.outdir import write_private
 
 
+def write_connection(home: Path, name: str, conn: dict) -> None:
+    """The Flower CLI's ``config.toml`` in FLWR_HOME ``home``: one SuperLink connection ``name``, the default."""
+    import tomli_w
+
+    (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": name, name: conn}}))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -152,8 +159,6 @@ class Deployment:
         return self
 
     def _write_connection(self) -> None:
-        from secprune.flower.cli import write_connection
-
         conn: dict = {"address": self.address}
         conn |= {"root-certificates": str(self.certs["ca"])} if (self.tls or self.auth) else {"insecure": True}
         write_connection(self.folder / "flwr", "dep", conn)

@@ -16,18 +16,46 @@ import numpy as np
 
 from secprune.secagg.prg import MaskPRG
 
-__all__ = ["batching_prime", "slot_packing", "encode_slots", "decode_slots", "uniform_mod"]
+__all__ = ["is_prime", "batching_prime", "slot_packing", "encode_slots", "decode_slots", "uniform_mod"]
+
+
+_MR_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
+_PSI_12 = 318_665_857_834_031_151_167_461  # the least strong pseudoprime to all of _MR_BASES
+
+
+def is_prime(n: int) -> bool:
+    """Deterministic Miller-Rabin below 3.18e23 (> 2^78): the first twelve primes as bases witness every
+    composite below psi_12 = 318,665,857,834,031,151,167,461 (Sorenson & Webster 2017, Math. Comp. 86)."""
+    if n >= _PSI_12:
+        raise ValueError(f"is_prime: {n} is beyond the deterministic bound psi_12 (about 2^78)")
+    if n < 2:
+        return False
+    for p in _MR_BASES:
+        if n % p == 0:
+            return n == p
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d, s = d // 2, s + 1
+    for a in _MR_BASES:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
 
 
 def batching_prime(*, bits: int, poly_modulus_degree: int) -> int:
     """Largest prime t < 2^bits with t = 1 mod 2N, so BFV batching gives N slots (cf. SEAL's
     PlainModulus::Batching)."""
-    from Crypto.Util.number import isPrime
-
     step = 2 * poly_modulus_degree
     t = ((1 << bits) - 1) // step * step + 1
     while t > step:
-        if isPrime(t):
+        if is_prime(t):
             return t
         t -= step
     raise ValueError(f"plain_modulus_bits: no batching prime below 2^{bits} for N={poly_modulus_degree}")

@@ -1,6 +1,6 @@
 """An in-process transport: every node's handler called directly, contents round-tripped through Flower's
-records as they would be on the wire. For tests and benchmarks of the protocol without processes; the
-Deployment Engine runs the very same handlers in ``flwr-clientapp`` processes."""
+records as they would be on the wire. For the protocol tests without processes; the Deployment Engine runs
+the very same handlers in ``flwr-clientapp`` processes (tests/test_flower_deployment.py)."""
 
 from __future__ import annotations
 
