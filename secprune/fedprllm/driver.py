@@ -41,10 +41,12 @@ def spec_from_config(cfg, *, alone: bool = False) -> LocalSpec:
     upstream's, padded with zero samples up to ``nsamples`` where upstream's loop does it (one-shot clients,
     ``prune_wanda`` baselines; not its iterative clients), and ties go to the lower index."""
     from secprune.methods import make_method
+    from secprune.methods.private import private_from_config
 
     reference = cfg.numerics == "reference"
     pad_to = cfg.nsamples if reference and (alone or cfg.strategy == "one-shot") else None
-    method = make_method(cfg.method, sparsegpt_update=cfg.sparsegpt_update, numerics=cfg.numerics, pad_to=pad_to)
+    method = private_from_config(make_method(cfg.method, sparsegpt_update=cfg.sparsegpt_update,
+                                             numerics=cfg.numerics, pad_to=pad_to), cfg)
     return LocalSpec(method, cfg.sparsity, cfg.local_group, cfg.seed, cfg.batch_size, stable_ties=reference)
 
 

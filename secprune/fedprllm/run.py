@@ -50,6 +50,8 @@ def run_fedprllm(cfg: PruneConfig, prep: Prepared, tmp: Path, partial: Path, *, 
                                      progress=progress, record_clients=m if cfg.save_client_masks
                                      else n_local if cfg.strategy == "one-shot" else 0, keep_counts=False)
     timings["prune_s"] = time.perf_counter() - t
+    guarantee = getattr(spec.method, "guarantee", None)  # --dp statistics: before the baselines reuse it
+    guarantee = guarantee() if guarantee else None
     scales = LazyScales(fed.counts, m) if cfg.scaling else None
     sparsity = summary.mask_sparsity(fed.final, target=cfg.sparsity)
 
@@ -104,6 +106,8 @@ def run_fedprllm(cfg: PruneConfig, prep: Prepared, tmp: Path, partial: Path, *, 
         "time_s": timings, "files": files}
     if hasattr(summer, "privacy"):  # --dp-noise: the (epsilon, delta) accounting (docs/outputs.md)
         summ["differential_privacy"] = summer.privacy()
+    if guarantee is not None:
+        summ["differential_privacy"] = guarantee
     return summ, {"communication": comm_log, "secure_aggregation": sec_log}
 
 

@@ -151,11 +151,12 @@ class FedPrLLM(Strategy):
         self.voters.update(state.get("voters", {}))
 
     def fingerprint(self) -> dict:
-        return {"algorithm": "fedprllm", "method": [self.method.name, getattr(self.method, "update", None)],
-                "sparsity": self.sparsity, "local_group": self.local_group, "seed": self.seed,
-                "strategy": self.strategy, "server_group": self.server_group, "scaling": self.scaling,
-                "stable_ties": self.stable_ties, "method_class": type(self.method).__name__,
-                "pad_to": getattr(self.method, "pad_to", None)}
+        fp = {"algorithm": "fedprllm", "method": [self.method.name, getattr(self.method, "update", None)],
+              "sparsity": self.sparsity, "local_group": self.local_group, "seed": self.seed,
+              "strategy": self.strategy, "server_group": self.server_group, "scaling": self.scaling,
+              "stable_ties": self.stable_ties, "method_class": type(self.method).__name__,
+              "pad_to": getattr(self.method, "pad_to", None)}
+        return fp | self.method.fingerprint()
 
 
 def check_group_totals(counts: torch.Tensor, *, voters: int, k: int, group: str, name: str) -> None:

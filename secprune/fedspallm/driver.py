@@ -40,6 +40,7 @@ from secprune.fedspallm.aggregate import DEFAULT_CLIP_FACTOR
 from secprune.fedspallm.sampling import schedule as make_schedule
 from secprune.fedspallm.strategy import FedSpaLLM
 from secprune.methods import Method, SparseGPT
+from secprune.methods.private import private_from_config
 from secprune.model import decoder_layers, prunable_linears
 from secprune.secagg import SecureSum, make_summer
 from secprune.simulation import PlainSums, simulate
@@ -138,7 +139,8 @@ def spec_from_config(cfg) -> FedSpaSpec:
     """The FedSpaLLM run of a validated :class:`~secprune.config.PruneConfig`."""
     return FedSpaSpec(sparsity=cfg.sparsity, rounds=cfg.rounds, expansion=cfg.expansion,
                       layer_sampling=cfg.layer_sampling, resources=list(cfg.resources), local_group=cfg.local_group,
-                      seed=cfg.seed, batch_size=cfg.batch_size, fixed_point_bits=cfg.fixed_point_bits)
+                      seed=cfg.seed, batch_size=cfg.batch_size, fixed_point_bits=cfg.fixed_point_bits,
+                      method=private_from_config(SparseGPT(update=True), cfg))
 
 
 def make_strategy(spec: FedSpaSpec, *, n_clients: int, secure: bool) -> FedSpaLLM:

@@ -50,6 +50,8 @@ def run_fedspallm(cfg: PruneConfig, prep, tmp: Path, partial: Path, *, progress:
                           keep_clients=list(range(n_standalone)), desc="fedspallm", progress=progress,
                           checkpoint=partial / "fedspallm")
     timings["prune_s"] = time.perf_counter() - t
+    guarantee = getattr(spec.method, "guarantee", None)  # --dp statistics: before the baselines reuse it
+    guarantee = guarantee() if guarantee else None
 
     results: dict[str, dict] = {}
     sparsity = summary.mask_sparsity(fed.masks, target=cfg.sparsity)
@@ -94,7 +96,7 @@ def run_fedspallm(cfg: PruneConfig, prep, tmp: Path, partial: Path, *, progress:
                       "sparsity_intersection": [r["sparsity_intersection"] for r in fed.rounds],
                       "expansion_k_total": [r["expansion_k_total"] for r in fed.rounds],
                       "expansion_tie_decided_total": [r["expansion_tie_decided_total"] for r in fed.rounds]},
-        "time_s": timings,
+        "time_s": timings, **({"differential_privacy": guarantee} if guarantee else {}),
         "files": {"final_mask": "final_mask.safetensors", "global_weights": "global_weights.safetensors",
                   "summary": "summary.json", "log": "log.json"}}
     details = {"communication": comm_log, "secure_aggregation": sec_log, "fedspallm_rounds": fed.rounds,

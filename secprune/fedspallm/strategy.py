@@ -178,8 +178,9 @@ class FedSpaLLM(Strategy):
         self.comm.load_state(state["comm"])
 
     def fingerprint(self) -> dict:
-        return {"algorithm": "fedspallm", "method": [self.method.name, getattr(self.method, "update", None)],
-                "sparsity": self.sparsity, "rounds": self.rounds, "expansion": self.expansion,
-                "layer_sampling": self.layer_sampling, "resources": self.resources, "local_group": self.local_group,
-                "seed": self.seed, "fixed_point_bits": self.bits, "clip_factor": self.clip_factor,
-                "magnitude_ties": self.magnitude_ties}
+        fp = {"algorithm": "fedspallm", "method": [self.method.name, getattr(self.method, "update", None)],
+              "sparsity": self.sparsity, "rounds": self.rounds, "expansion": self.expansion,
+              "layer_sampling": self.layer_sampling, "resources": self.resources, "local_group": self.local_group,
+              "seed": self.seed, "fixed_point_bits": self.bits, "clip_factor": self.clip_factor,
+              "magnitude_ties": self.magnitude_ties}
+        return fp | self.method.fingerprint()

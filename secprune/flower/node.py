@@ -205,6 +205,11 @@ class ClientNode:
         own = np.arange(replay.windows.shape[0])
         self.clear_vectors()
         uploads: dict[str, dict[str, int]] = {}
+        # --dp statistics: this client's budget, spent across the run's stages (kept in its state folder); a
+        # server that asks for a step again gets fresh noise from the same budget, and a refusal once it is spent
+        method = strategy.method
+        method.plan(visits=sum(self.client in t.clients for t in strategy.tasks(n_layers=len(replay.layers))))
+        method.load_state(self.load("dp.pkl", {}))
         for k, task in enumerate(tasks):
             if task.restart:
                 replay.start()
@@ -217,7 +222,9 @@ class ClientNode:
             layer = {n: got.get(n, dense[n]) for n in lins}
             update = None
             if self.client in task.clients:
-                stats = replay.statistics(strategy.method, groups=[own], weights=got or None)
+                stats = replay.statistics(method, groups=[own], weights=got or None)
+                if method.state():
+                    self.save("dp.pkl", method.state())
                 update = strategy.client_step(task, layer=layer, stats={
                     n: None if s is None else s[0] for n, s in stats.items()})
                 for n, kinds in update.vectors.items():

@@ -122,6 +122,8 @@ def write_outputs(run: ServerRun, result: dict, out: Path, *, evaluate: bool) ->
             "peak_memory": summary.peak_memory_mb("cpu"),
             "files": files,
         }
+        if hasattr(strategy.method, "guarantee"):  # --dp statistics: what every ClientApp enforces itself
+            summ["differential_privacy"] = strategy.method.planned()
         summary.write(tmp, summ, {"stages": result["stages"], "wire": result["wire"],
                                   "step_timing": result["step_timing"]})
         outdir.commit(tmp, out)

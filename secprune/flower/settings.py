@@ -29,8 +29,7 @@ FLOWER_KEYS: dict[str, object] = {
     "run-tag": "",  # set by `secprune serve`, echoed in summary.json (so a stale output is never mistaken)
 }
 NOT_IN_FLOWER = ("client_data", "out", "overwrite", "save_client_masks", "keep_calibration", "secagg_keys",
-                 "device", "baselines", "local_only_clients", "dp_noise", "dp_lambda", "dp_dropouts", "dp_colluders",
-                 "dp_delta")
+                 "device", "baselines", "local_only_clients", "dp_noise", "dp_lambda", "dp_dropouts", "dp_colluders")
 
 
 def _key(name: str) -> str:

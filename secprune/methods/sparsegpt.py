@@ -32,6 +32,7 @@ def inverse_hessian_chol(hessian: torch.Tensor, weight: torch.Tensor, *, percdam
 
 class SparseGPT(Method):
     name = "sparsegpt"
+    hessian = True
 
     def __init__(self, *, update: bool = False, blocksize: int = 128, percdamp: float = 0.01) -> None:
         self.update = update
@@ -52,8 +53,12 @@ class SparseGPT(Method):
 
     def accumulate(self, stats: torch.Tensor, x: torch.Tensor, owner: torch.Tensor) -> None:
         x = x.reshape(x.shape[0], -1, x.shape[-1]).to(torch.float32)  # (B, T, in)
-        for b in range(x.shape[0]):
+        for b in range(x.shape[0]):  # one (in, in) at a time: B of them at once would cost B x the memory
             stats[int(owner[b])] += x[b].T @ x[b]
+
+    def contributions(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], -1, x.shape[-1]).to(torch.float32)
+        return x.transpose(1, 2) @ x  # (B, in, in)
 
     def prune(self, weight: torch.Tensor, stats: torch.Tensor | None, *, sparsity: float, group: str,
               prio: torch.Tensor) -> LocalResult:

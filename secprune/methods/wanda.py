@@ -26,9 +26,8 @@ class Wanda(Method):
     def new_stats(self, *, n_clients: int, in_features: int, device: torch.device) -> torch.Tensor:
         return torch.zeros(n_clients, in_features, dtype=torch.float64, device=device)
 
-    def accumulate(self, stats: torch.Tensor, x: torch.Tensor, owner: torch.Tensor) -> None:
-        per_window = x.to(torch.float64).pow(2).sum(dim=tuple(range(1, x.dim() - 1)))  # (B, in)
-        stats.index_add_(0, owner.to(stats.device), per_window)
+    def contributions(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.float64).pow(2).sum(dim=tuple(range(1, x.dim() - 1)))  # (B, in)
 
     def prune(self, weight: torch.Tensor, stats: torch.Tensor | None, *, sparsity: float, group: str,
               prio: torch.Tensor) -> LocalResult:
