@@ -147,3 +147,19 @@ def test_report_renders_in_headless_chromium(audit_dir, tmp_path):
                     f"--screenshot={shot}", "--window-size=1200,2000", Path(out["html"]).as_uri()],
                    capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("method, lb, cap, needle", [
+    ("wanda", 3.24, 3.24, "sits at its ceiling: it is limited by the number of trials"),
+    ("wanda", 2.31, 3.24, "Both bounds are below their ceilings"),
+    ("magnitude", 0.4, 3.24, "a positive bound here is noise in the trials"),
+])
+def test_the_statement_says_trials_limit_a_bound_only_at_its_ceiling(method, lb, cap, needle):
+    from secprune.report.writer import _statement
+
+    a = {"setting": {"method": method}, "paper": {"claimed_epsilon": 0.05},
+         "summary": {"mia": {"sum": {"eps_lower_bound": lb, "eps_max_attainable": cap}},
+                     "one_run": {"sum": {"eps_lower_bound": lb * 0.5, "max_attainable": 2.56}}}}
+    text = _statement(a)
+    assert needle in text
+    assert "not by the mechanism" not in text

@@ -327,10 +327,19 @@ def _statement(a: dict) -> str:
                  f"ceiling {one[best_one]['max_attainable']:.2f}), each at 95% confidence. ")
     else:
         text += "No attack here certified a positive lower bound at 95% confidence. "
-    text += (f"The paper's 'epsilon about {a['paper']['claimed_epsilon']}' is not a differential-privacy guarantee; "
-             "these lower bounds are limited by the number of trials, not by the mechanism.")
+    text += f"The paper's 'epsilon about {a['paper']['claimed_epsilon']}' is not a differential-privacy guarantee."
     if method == "magnitude":
-        text += " This run used magnitude pruning, whose masks do not depend on the data."
+        text += (" This run used magnitude pruning, whose masks do not depend on the data: a positive bound here is "
+                 "noise in the trials.")
+    else:  # a bound at its ceiling is limited by the budget of trials; one below it is what the attack reached
+        at_ceiling = [name for name, lb, cap in ((best_key, b["eps_lower_bound"], b["eps_max_attainable"]),
+                                                 (best_one, one[best_one]["eps_lower_bound"],
+                                                  one[best_one]["max_attainable"])) if cap - lb < 0.01]
+        if at_ceiling:
+            text += (f" The bound of the {' and the '.join(at_ceiling)} view sits at its ceiling: it is limited by the "
+                     "number of trials, and more trials would certify more.")
+        else:
+            text += " Both bounds are below their ceilings: they are what these attacks reached with this budget."
     return text
 
 
