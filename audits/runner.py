@@ -591,6 +591,13 @@ def inputs_from_run(run_dir: Path, budget: AuditBudget, *, eval_windows: int | N
     mask_path = run_dir / "private" / "client_masks.safetensors"
     if not mask_path.is_file():
         raise UsageError(f"--run: {run_dir} kept no client masks; rerun `secprune prune` with --save-client-masks")
+    from secprune.run_common import REDACTED
+
+    recorded = [REDACTED.format(i=i, n=len(cfg.client_data)) for i in range(len(cfg.client_data))]
+    kept = run_dir / "private" / "calibration.pt"  # --keep-calibration: the windows themselves, owner-only
+    if cfg.client_data and cfg.client_data == recorded and not client_data and not kept.is_file():
+        raise UsageError(f"--client-data: the run calibrated on {len(cfg.client_data)} clients' own files and keeps "
+                         "no paths of them; pass the same files, in the same order")
     if client_data:
         if len(client_data) != len(cfg.client_data):
             raise UsageError(f"--client-data: the run had {len(cfg.client_data)} clients' files, got "
@@ -598,7 +605,6 @@ def inputs_from_run(run_dir: Path, budget: AuditBudget, *, eval_windows: int | N
         cfg.client_data = list(client_data)
     model, tok = load_model(cfg.model, device="cpu")
     masks = MaskSet.load(mask_path, names={v: k for k, v in param_names(model).items()})
-    kept = run_dir / "private" / "calibration.pt"
     if kept.is_file():
         cal = torch.load(kept, weights_only=False)
         windows, parts = cal["windows"], [np.asarray(p) for p in cal["parts"]]

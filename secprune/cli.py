@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from dataclasses import fields
 
 from rich_argparse import RichHelpFormatter
@@ -207,7 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds: staging folders are removed, checkpoints kept
+
+
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM (kill, a scheduler) unwinds like ^C: staging folders are removed, checkpoints kept
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         args = build_parser().parse_args(argv)
         log.set_quiet(getattr(args, "quiet", False))
@@ -218,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("secprune: interrupted (checkpoint kept; rerun the same command to resume)", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -180,6 +180,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         run_dir = Path(args.run)
         if not (run_dir / "summary.json").is_file():  # never start a prune on a mistyped path
             raise UsageError(f"--run: {run_dir} is not a `secprune prune` output folder (no summary.json)")
+        inputs = inputs_from_run(run_dir, budget, client_data=args.client_data)  # refusals before any output
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     if not outdir.is_ours(out):
         outdir.mark(out, "audit")
@@ -189,11 +191,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
             shutil.rmtree(target)
         else:
             target.unlink(missing_ok=True)
-    run_dir = Path(args.run) if args.run else _prune_first(args, out)
-    inputs = inputs_from_run(run_dir, budget, client_data=args.client_data)
-    result, private = run_core(inputs, budget, quiet=args.quiet)
     keep = args.keep_reconstructions or args.show_reconstructions
-    save_audit(out, result, private if keep else None)
+    try:
+        if not args.run:
+            inputs = inputs_from_run(_prune_first(args, out), budget)
+        result, private = run_core(inputs, budget, quiet=args.quiet)
+        save_audit(out, result, private if keep else None)
+    except BaseException:
+        if created and not (out / "run").exists():  # a failed audit leaves nothing (a pruned run is kept)
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     if keep:
         log.warn(f"--keep-reconstructions: recovered and true client tokens are kept in {out}/private/ "
                  "(owner-only); delete them when done")

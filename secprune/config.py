@@ -203,6 +203,7 @@ class PruneConfig:
                      f"--{_flag(f.name)}: expected one of {', '.join(choices or ())}, got {v!r}")
         need(0.0 < self.sparsity < 1.0, f"--sparsity must lie in (0, 1), got {self.sparsity}")
         need(self.clients is None or self.clients >= 1, f"--clients must be >= 1, got {self.clients}")
+        need(0 <= self.seed < 2**63, f"--seed must be an integer in [0, 2^63), got {self.seed}")
         need(self.nsamples >= 1, f"--nsamples must be >= 1, got {self.nsamples}")
         need(self.seqlen >= 2, f"--seqlen must be >= 2, got {self.seqlen}")
         need(self.eval_seqlen >= 2, f"--eval-seqlen must be >= 2, got {self.eval_seqlen}")
@@ -214,6 +215,9 @@ class PruneConfig:
         need(self.device in ("cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
              f"--device: expected cpu, cuda or cuda:N, got {self.device!r}")
         need(self.secure_agg in BACKENDS, f"--secure-agg: expected one of {', '.join(BACKENDS)}")
+        model_dir = Path(self.model).expanduser()
+        need(not model_dir.is_dir() or not Path(self.out).expanduser().resolve().is_relative_to(model_dir.resolve()),
+             f"--out {self.out}: inside the model folder {self.model}; expected a folder outside it")
 
         # data: the simulated clients or the user's own files, not both
         if self.client_data:

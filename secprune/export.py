@@ -10,6 +10,7 @@ reported.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -60,6 +61,9 @@ def export_run(run: str | Path, out: str | Path, *, dtype: str = "float32", over
     if dtype not in DTYPES:
         raise UsageError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     summ = summary.load(run_dir)
+    if not (run_dir / "final_mask.safetensors").is_file():
+        raise UsageError(f"--run: {run_dir} has no final_mask.safetensors (a run that wrote no mask cannot be "
+                         "exported); rerun `secprune prune`")
     cfg = PruneConfig(**summ["config"])
     outdir.check_target(out, overwrite=overwrite)
     path, config = inspect_model(cfg.model)
@@ -82,6 +86,9 @@ def export_run(run: str | Path, out: str | Path, *, dtype: str = "float32", over
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        for f in tmp.iterdir():  # the pruned model holds no client data: readable as the user's umask allows
+            if f.is_file() and f.name != outdir.MARKER:
+                f.chmod(0o666 & ~_umask())
         (tmp / "secprune_export.json").write_text(json.dumps(info, indent=1) + "\n")
         outdir.commit(tmp, out)
     except BaseException:
@@ -92,3 +99,9 @@ def export_run(run: str | Path, out: str | Path, *, dtype: str = "float32", over
     log.info(f"exported {len(new)} pruned matrices of {cfg.model} to {out}")
     return {"out": str(out), **{k: info[k] for k in ("algorithm", "model", "dtype", "pruned_matrices",
                                                       "mask_sparsity", "run_results")}}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
+from secprune.outdir import canonical_safetensors
+
 
 def pack(mask: torch.Tensor) -> np.ndarray:
     return np.packbits(mask.detach().to("cpu", torch.bool).numpy().reshape(-1))
@@ -88,6 +90,7 @@ class MaskSet:
                 "shapes": json.dumps({names.get(n, n): s for n, s in self.shapes.items()})}
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata=meta)
+        canonical_safetensors(tmp)  # same masks, same bytes
         os.replace(tmp, path)
 
     @classmethod

@@ -34,6 +34,28 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         tmp.unlink(missing_ok=True)  # only left behind when the write itself failed
 
 
+def canonical_safetensors(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys, so equal tensors and metadata give equal bytes
+    (safetensors serialises its metadata from a hash map, in an order that changes from run to run). The
+    tensors' offsets do not depend on the key order; the header stays padded to 8 bytes as the format asks.
+    The data is streamed (a model shard is not read into memory) and the file keeps its mode."""
+    path = Path(path)
+    with open(path, "rb") as src:
+        n = int.from_bytes(src.read(8), "little")
+        header = json.loads(src.read(n))
+        meta = header.pop("__metadata__", None)
+        ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | dict(sorted(header.items()))
+        text = json.dumps(ordered, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)
+        tmp = path.with_name(f".{path.name}.canon-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as dst:  # the original's mode: an owner-only file stays owner-only
+            os.fchmod(dst.fileno(), path.stat().st_mode & 0o777)
+            dst.write(len(text).to_bytes(8, "little") + text)
+            shutil.copyfileobj(src, dst, 16 << 20)
+    os.replace(tmp, path)
+
+
 def check_target(out: Path, *, overwrite: bool, flag: str = "--out") -> None:
     """Refuse a target that is a file, the current folder or a parent of it, or someone else's folder."""
     resolved = out.expanduser().resolve()
@@ -65,6 +87,7 @@ def mark(folder: Path, kind: str) -> None:
 def staging(out: Path, *, kind: str, flag: str = "--out") -> Path:
     """A fresh temporary sibling of ``out`` carrying the marker; rename it with :func:`commit`."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    _sweep_stale(out)
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -74,8 +97,25 @@ def staging(out: Path, *, kind: str, flag: str = "--out") -> Path:
     return tmp
 
 
+def _sweep_stale(out: Path) -> None:
+    """Remove staging folders of ``out`` left by a process that no longer runs (killed with SIGKILL, or a
+    machine that stopped); only ours (marker file), and never one whose process is alive."""
+    for old in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and old.is_dir() and is_ours(old)):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            pass
+
+
 def commit(tmp: Path, out: Path) -> None:
     """Replace ``out`` (checked by :func:`check_target`) by the finished ``tmp``."""
+    for f in tmp.rglob("*.safetensors"):  # byte-reproducible outputs
+        canonical_safetensors(f)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -50,9 +50,22 @@ def secagg_options(cfg: PruneConfig) -> dict:
 def common_summary(cfg: PruneConfig, prep: Prepared) -> dict:
     """The parts of the summary both algorithms fill the same way."""
     n, seqlen = prep.calib.windows.shape
-    return {"algorithm": cfg.algorithm, "config": cfg.to_dict(), "model": summary.model_info(prep.model, cfg.model),
+    return {"algorithm": cfg.algorithm, "config": public_config(cfg),
+            "model": summary.model_info(prep.model, cfg.model),
             "calibration": {**prep.calib.info, "windows": int(n), "seqlen": int(seqlen)},
             "evaluation": describe_evals(prep.evals)}
+
+
+REDACTED = "<client file {i} of {n}: path not recorded>"
+
+
+def public_config(cfg: PruneConfig) -> dict:
+    """The run's configuration as ``summary.json`` keeps it: the clients' file paths (names and folders can say
+    whose text it is) become placeholders; `secprune audit --run` asks for the files again."""
+    d = cfg.to_dict()
+    n = len(d["client_data"])
+    d["client_data"] = [REDACTED.format(i=i, n=n) for i in range(n)]
+    return d
 
 
 def save_final_mask(model, masks: dict[str, torch.Tensor], folder: Path) -> None:

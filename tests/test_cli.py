@@ -92,6 +92,10 @@ def test_keep_calibration_is_owner_only(tiny_folder, client_files, tmp_path):
     (["--baselines", "random"], "--baselines random"),
     (["--device", "tpu"], "--device"),
     (["--batch-size", "0"], "--batch-size"),
+    (["--seed", "-1"], "--seed must be an integer in [0, 2^63), got -1"),
+    (["--seed", "99999999999999999999"], "--seed must be an integer in [0, 2^63)"),
+    (["--secure-agg", "pairwise", "--clients", "4", "--secagg-neighbours", "5"],
+     "--secagg-neighbours 5: above n-1 = 3"),
 ])
 def test_bad_flag_one_line_exit_2_no_output(flags, needle, tmp_path, capsys):
     out = tmp_path / "run"
@@ -326,3 +330,59 @@ def test_centralized_sparsegpt_baseline_keeps_the_obs_update(tiny_folder, client
     masks_only = evaluate_model(model, evals, masks={n: x == 0 for n, x in w.items()}, progress=False)["ptb"]
     assert got["ptb"] == pytest.approx(expected, rel=1e-5)
     assert got["ptb"] != pytest.approx(masks_only, rel=1e-4)  # what the old baseline reported
+
+
+def test_out_inside_the_model_folder_is_refused(tiny_folder, client_files, tmp_path, capsys):
+    code = main(["prune", "--model", str(tiny_folder), "--client-data", *client_files, *SMALL,
+                 "--out", str(tiny_folder / "pruned"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "inside the model folder" in err and len(err.splitlines()) == 1
+    assert not (tiny_folder / "pruned").exists()
+
+
+def test_outputs_are_byte_reproducible(tiny_folder, client_files, tmp_path):
+    """Same inputs, same bytes: safetensors writes its metadata from a hash map whose order changes from one
+    process (and one map) to the next; the header is rewritten with sorted keys."""
+    import hashlib
+    import subprocess
+    import sys
+
+    for name in ("a", "b"):
+        assert prune(tiny_folder, client_files, tmp_path / name, "--scaling", "--baselines") == 0
+    for f in ("final_mask.safetensors", "vote_counts.safetensors"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    code = ("import sys, torch; from pathlib import Path; from secprune.masks import MaskSet; m = MaskSet(2); "
+            "[m.put(n, p, torch.arange(35).view(5, 7) % (p + 2) == 0) for n in 'abc' for p in range(2)]; "
+            "m.save(Path(sys.argv[1]))")
+    digests = set()
+    for i in range(3):  # separate processes: separate hash seeds
+        path = tmp_path / f"m{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    assert MaskSet.load(tmp_path / "m0.safetensors").get(1, "b").sum() == 12  # still a valid file
+
+
+def test_a_dead_runs_staging_folder_is_swept_and_sigterm_cleans_up(tiny_folder, client_files, tmp_path, monkeypatch):
+    import signal
+
+    import secprune.fedprllm.run as fed_run
+
+    dead = tmp_path / ".run.tmp-999999999"  # no such process
+    (dead / "private").mkdir(parents=True)
+    (dead / ".secprune").write_text("{}")
+    foreign = tmp_path / ".run.tmp-999999998"  # not ours (no marker): never touched
+    foreign.mkdir()
+    real = fed_run.run_fedprllm
+
+    def killed(*a, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler stops the run mid-way
+        return real(*a, **kw)
+
+    monkeypatch.setattr(fed_run, "run_fedprllm", killed)
+    with pytest.raises(SystemExit) as exc:
+        prune(tiny_folder, client_files, tmp_path / "run")
+    assert exc.value.code == 128 + signal.SIGTERM
+    assert not dead.exists() and foreign.exists()
+    assert not list(tmp_path.glob(".run.tmp-*[0-9]")) or list(tmp_path.glob(".run.tmp-*")) == [foreign]
+    assert not (tmp_path / "run").exists()

@@ -72,3 +72,24 @@ def test_export_errors(tiny_folder, client_files, tmp_path, capsys):
     assert main(["export", "--run", str(run), "--out", str(exported), "--overwrite", "--dtype", "bfloat16",
                  "--quiet"]) == 0
     assert AutoModelForCausalLM.from_pretrained(exported).dtype == torch.bfloat16
+
+
+def test_export_of_a_run_without_a_mask_is_refused_and_the_model_is_readable(tiny_folder, client_files, tmp_path,
+                                                                            capsys):
+    import os
+    import shutil
+    import stat
+
+    run, exported = _run_and_export(tiny_folder, client_files, tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in exported.iterdir() if f.name != ".secprune"}
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # the weights as readable as the rest: no client data
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    (broken / "final_mask.safetensors").unlink()
+    capsys.readouterr()
+    assert main(["export", "--run", str(broken), "--out", str(tmp_path / "m4")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no final_mask.safetensors" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m4").exists()

@@ -65,7 +65,12 @@ def test_no_client_data_in_outputs_cache_or_logs(tiny_folder, client_files, tmp_
     # prune (with the client masks the audit needs), audit, report, export: every output a user gets
     assert main(["prune", "--model", str(tiny_folder), "--client-data", *client_files, *SMALL, "--out", "run",
                  "--save-client-masks"]) == 0
-    assert main(["audit", "--run", "run", "--out", "audit", "--report", "report", *AUDIT_BUDGET]) == 0
+    # the summary keeps no paths of the clients' files: the audit is given them again
+    assert main(["audit", "--run", "run", "--out", "audit", "--report", "report", *AUDIT_BUDGET]) == 2
+    assert "--client-data: the run calibrated on 2 clients' own files" in capfd.readouterr().err
+    assert not (tmp_path / "audit").exists()  # refused before any output
+    assert main(["audit", "--run", "run", "--client-data", *client_files, "--out", "audit", "--report", "report",
+                 *AUDIT_BUDGET]) == 0
     assert main(["export", "--run", "run", "--out", "model"]) == 0
     logs = capfd.readouterr()
     assert not any(n in (logs.out + logs.err).encode() for n in patterns)
@@ -75,6 +80,7 @@ def test_no_client_data_in_outputs_cache_or_logs(tiny_folder, client_files, tmp_
     assert not (tmp_path / "audit" / "private").exists()  # no reconstructions unless asked
     assert cache.is_dir() and leaks(cache, patterns) == []  # public corpora are cached, client text never
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert not any(str(tmp_path) in p or p in client_files for p in summary["config"]["client_data"])
     assert summary["files"] == {"final_mask": "final_mask.safetensors", "summary": "summary.json",
                                 "log": "log.json", "client_masks": "private/client_masks.safetensors"}
     audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
