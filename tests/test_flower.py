@@ -218,12 +218,17 @@ def test_serve_and_client_assemble_flower_commands(tmp_path, capsys, federation)
                  "--flower-home", str(tmp_path / "home"), "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert "flwr run" in text and 'secure-agg = "pairwise"' in text and f'out = "{out}"' in text
+    assert text.startswith(f"FLWR_HOME={tmp_path / 'home'} flwr run ")  # runnable as printed
     for argv, needle in ((["serve", "--clients", "3"], "--superlink"),
                          (["serve", "--superlink", "x:1", "--clients", "2", "--client-data", "a", "b"],
                           "--client-data"),
                          (["serve", "--superlink", "x:1", "--clients", "4", "--secure-agg", "he"], "--directory"),
                          (["serve", "--simulation", "--clients", "3", "--dp-noise", "skellam", "--dp-lambda", "5"],
                           "--dp-noise"),
+                         (["serve", "--superlink", "x:1", "--clients", "4", "--eval", "ptb"],
+                          "--eval: the Flower server evaluates only with --evaluate"),
+                         (["serve", "--superlink", "x:1", "--clients", "4", "--evaluate", "--baselines", "dense"],
+                          "--baselines: not in the Flower apps"),
                          (["client", "--superlink", "x:1"], "--client-id"),
                          (["client", "--superlink", "x:1", "--client-id", "0", "--client-data", "/nonexistent"],
                           "--client-data")):

@@ -167,7 +167,16 @@ def cmd_serve(args: argparse.Namespace, config_from_args, emit) -> int:
     if not args.simulation and cfg.client_data:
         raise UsageError("--client-data: each client passes its own text to `secprune client`; the server never "
                          "sees it")
+    explicit = getattr(cfg, "_explicit", set())  # before validate(), which may fill in defaults
     cfg.validate()
+    asked = [f"--{n.replace('_', '-')}" for n in ("eval", "eval_windows", "eval_seqlen", "baselines")
+             if n in explicit and (getattr(cfg, n) or n in ("eval_windows", "eval_seqlen"))]  # `--eval` alone: off
+    if asked and not args.evaluate:
+        raise UsageError(f"{', '.join(asked)}: the Flower server evaluates only with --evaluate (and computes no "
+                         "baselines); add --evaluate or drop them")
+    if "baselines" in explicit and cfg.baselines:
+        raise UsageError("--baselines: not in the Flower apps (no party there holds every window); use "
+                         "`secprune prune` for baselines")
     if cfg.dp_noise != "none":
         raise UsageError(f"--dp-noise {cfg.dp_noise}: not yet in the Flower apps (the clients would add their "
                          "noise shares in the client app); use `secprune prune` for distributed DP")
@@ -206,8 +215,8 @@ def cmd_serve(args: argparse.Namespace, config_from_args, emit) -> int:
     rc_path = home / "run_config.toml"
     rc_path.write_text(tomli_w.dumps(run_config))
     cmd = ["flwr", "run", str(APP_DIR), name, "--run-config", str(rc_path), "--stream"]
-    if args.dry_run:
-        print(shlex.join(cmd))
+    if args.dry_run:  # runnable as printed: the Flower home it needs is kept
+        print(f"FLWR_HOME={shlex.quote(str(home))} {shlex.join(cmd)}")
         print(rc_path.read_text())
         return 0
     outdir.check_target(out, overwrite=cfg.overwrite)  # the same rule as `secprune prune` (marker file)
