@@ -384,3 +384,53 @@ def test_he_clients_refuse_a_rule_of_the_servers_choosing(federation, tmp_path, 
                                                r"for a proof of Rule\(group='row', shape=\(64, 64\), ones=1\), but "
                                                r"this client's strategy gives .*ones=32\); refused"):
         distributed(federation, "one-shot", "he", tmp_path)
+
+
+def _session_members(sid: int) -> list[int]:
+    import os
+
+    pids = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                if os.getsid(int(p)) == sid:
+                    pids.append(int(p))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return pids
+
+
+def test_sigterm_to_secprune_client_takes_its_supernode_down(tmp_path, federation):
+    """`kill <pid>` of `secprune client` (the pid `&` gives) must not leave its flower-supernode to init."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from secprune.flower.localhost import free_port
+
+    proc = subprocess.Popen([sys.executable, "-m", "secprune", "client", "--superlink", f"127.0.0.1:{free_port()}",
+                             "--client-id", "0", "--client-data", federation["files"][0], "--keys",
+                             str(federation["root"] / "keys"), "--state-dir", str(tmp_path / "s0"), "--port",
+                             str(free_port()), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    supernode = None
+    while supernode is None and time.monotonic() < deadline:  # its SuperNode, in a session of its own
+        for p in os.listdir("/proc"):
+            if p.isdigit():
+                try:
+                    stat = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(stat[1]) == proc.pid:  # parent pid
+                    supernode = int(p)
+        time.sleep(0.2)
+    assert supernode is not None, "secprune client started no SuperNode"
+    sid = os.getsid(supernode)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 15
+    while _session_members(sid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _session_members(sid) == []

@@ -13,9 +13,11 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from secprune import log, outdir
@@ -149,7 +151,27 @@ def cmd_client(args: argparse.Namespace) -> int:
         print(shlex.join(cmd))
         return 0
     log.info(f"starting: {shlex.join(cmd)}")
-    return subprocess.call(cmd)
+    return run_tree(cmd)
+
+
+def run_tree(cmd: list[str], *, grace: float = 10.0) -> int:
+    """Run ``cmd`` in a process group of its own and wait; however this process ends (SIGTERM, ^C, an error),
+    the whole group goes with it: the SuperNode and the ClientApps it started, none left to init."""
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        return proc.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                continue
+            if sig == signal.SIGTERM:
+                time.sleep(0.2)  # children of the group that outlive their parent by a moment
 
 
 def cmd_serve(args: argparse.Namespace, config_from_args, emit) -> int:
