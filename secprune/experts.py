@@ -11,11 +11,18 @@ from exactly the tokens routed to it, and its weights are its own comparison gro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def over_experts(fn: Callable, *stacks: torch.Tensor, combine: Callable = torch.stack):
+    """``combine([fn(e, stacks[0][e], stacks[1][e], ...) for every expert e])``: a one-matrix function applied
+    to expert stacks (experts, out, in), each expert its own matrix (its own Hessian, comparison groups,
+    expansion); ``combine`` is ``torch.stack`` for a stacked result, ``sum`` for a count, ``list`` to keep."""
+    return combine([fn(e, *parts) for e, parts in enumerate(zip(*stacks, strict=True))])
 
 
 def _arg(args: tuple, kwargs: dict, pos: int, name: str):

@@ -30,6 +30,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
+from secprune.experts import over_experts
 from secprune.secagg import SecureSum
 from secprune.topk import ordered_key, priority
 
@@ -85,7 +86,8 @@ def expansion_k(*, counts: torch.Tensor, n_clients: int, sparsity: float) -> int
     """Eq. 7: ``k = ceil(s * d) - #{j : C_j = N}`` (negative when the clients already agree on more); summed
     over the experts of an expert stack (experts, out, in), each expert being its own matrix."""
     if counts.dim() == 3:
-        return sum(expansion_k(counts=c, n_clients=n_clients, sparsity=sparsity) for c in counts)
+        return over_experts(lambda e, c: expansion_k(counts=c, n_clients=n_clients, sparsity=sparsity), counts,
+                            combine=sum)
     return target_pruned(sparsity=sparsity, numel=counts.numel()) - int((counts == n_clients).sum())
 
 
@@ -100,9 +102,9 @@ def expand_mask(*, counts: torch.Tensor, n_clients: int, sparsity: float, magnit
     An expert stack (experts, out, in) is expanded expert by expert.
     """
     if counts.dim() == 3:
-        return torch.stack([expand_mask(counts=c, n_clients=n_clients, sparsity=sparsity, seed=seed,
-                                        magnitude=None if magnitude is None else magnitude[e], name=f"{name}[{e}]")
-                            for e, c in enumerate(counts)])
+        return over_experts(lambda e, c: expand_mask(counts=c, n_clients=n_clients, sparsity=sparsity, seed=seed,
+                                                     magnitude=None if magnitude is None else magnitude[e],
+                                                     name=f"{name}[{e}]"), counts)
     counts = counts.to("cpu", torch.int64)
     all_pruned = counts == n_clients
     k = expansion_k(counts=counts, n_clients=n_clients, sparsity=sparsity)
@@ -128,7 +130,8 @@ def tie_decided(*, counts: torch.Tensor, n_clients: int, mask: torch.Tensor) -> 
     the expansion reached, when it took only part of the entries with that count (the others of that
     level lost on ``|W_g|``, then the seeded priority). Summed over the experts of an expert stack."""
     if counts.dim() == 3:
-        return sum(tie_decided(counts=c, n_clients=n_clients, mask=m) for c, m in zip(counts, mask, strict=True))
+        return over_experts(lambda e, c, m: tie_decided(counts=c, n_clients=n_clients, mask=m), counts, mask,
+                            combine=sum)
     counts, mask = counts.to("cpu", torch.int64), mask.to("cpu", torch.bool)
     picked = mask & (counts < n_clients)
     if not bool(picked.any()):

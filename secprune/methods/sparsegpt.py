@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from secprune.experts import over_experts
 from secprune.methods.base import LocalResult, Method
 from secprune.topk import lowest_k_mask
 
@@ -64,8 +65,8 @@ class SparseGPT(Method):
               prio: torch.Tensor) -> LocalResult:
         assert stats is not None
         if weight.dim() == 3:  # a stack of experts: each expert its own Hessian and comparison groups
-            parts = [self.prune(w, h, sparsity=sparsity, group=group, prio=prio) for w, h in zip(weight, stats,
-                                                                                               strict=True)]
+            parts = over_experts(lambda e, w, h: self.prune(w, h, sparsity=sparsity, group=group, prio=prio),
+                                 weight, stats, combine=list)
             return LocalResult(torch.stack([p.mask for p in parts]),
                                None if parts[0].weight is None else torch.stack([p.weight for p in parts]))
         # The 2/n factor cancels in every comparison and in the update; H = X^T X suffices.
