@@ -7,6 +7,7 @@ and ``--help`` from them, so the documentation cannot drift from the code.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -184,9 +185,8 @@ class PruneConfig:
                                       "(audits can recompute them from the data instead)")
 
     def validate(self) -> PruneConfig:
-        """Check every value and every combination; resolve the ``auto`` defaults. Raises UsageError."""
-        from secprune.secagg import BACKENDS
-
+        """Check every value and every combination, one option group at a time; resolve the ``auto``
+        defaults. Raises UsageError."""
         explicit = getattr(self, "_explicit", None)
         if explicit is None:  # built in Python: treat every non-default value as given
             explicit = {f.name for f in fields(self) if getattr(self, f.name) != _default(f)}
@@ -194,6 +194,15 @@ class PruneConfig:
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise UsageError(msg)
+
+        for check in (self._check_values, self._check_data, self._check_evaluation, self._check_secure_aggregation,
+                      self._check_privacy, self._check_algorithm, self._check_reference, self._check_fedspallm):
+            check(need, explicit)
+        return self
+
+    def _check_values(self, need: Callable[[bool, str], None], explicit: set[str]) -> None:
+        """Every value in its range and among its choices."""
+        from secprune.secagg import BACKENDS
 
         for f in fields(self):
             choices = f.metadata.get("choices")
@@ -219,7 +228,8 @@ class PruneConfig:
         need(not model_dir.is_dir() or not Path(self.out).expanduser().resolve().is_relative_to(model_dir.resolve()),
              f"--out {self.out}: inside the model folder {self.model}; expected a folder outside it")
 
-        # data: the simulated clients or the user's own files, not both
+    def _check_data(self, need: Callable[[bool, str], None], explicit: set[str]) -> None:
+        """The simulated clients or the user's own files, not both."""
         if self.client_data:
             n_files = len(self.client_data)
             need("clients" not in explicit or self.clients == n_files,
@@ -244,7 +254,8 @@ class PruneConfig:
         need(self.clients <= self.nsamples,
              f"--clients {self.clients}: more clients than calibration windows (--nsamples {self.nsamples})")
 
-        # evaluation and baselines
+    def _check_evaluation(self, need: Callable[[bool, str], None], explicit: set[str]) -> None:
+        """Evaluation and baselines."""
         for name in ("zeroshot_tasks", "zeroshot_examples"):
             need(name not in explicit or "zero-shot" in self.eval, f"--{_flag(name)}: only used with --eval zero-shot")
         need(bool(self.zeroshot_tasks) or "zero-shot" not in self.eval, "--zeroshot-tasks: give at least one task")
@@ -261,7 +272,8 @@ class PruneConfig:
         need("local_only_clients" not in explicit or self.local_only_clients <= self.clients,
              f"--local-only-clients {self.local_only_clients}: at most --clients ({self.clients})")
 
-        # secure aggregation: the protocol's own safety floor (docs/secagg.md)
+    def _check_secure_aggregation(self, need: Callable[[bool, str], None], explicit: set[str]) -> None:
+        """The protocol's own safety floor (docs/secagg.md)."""
         from secprune.secagg import check_options
 
         try:
@@ -279,6 +291,8 @@ class PruneConfig:
              "--secagg-threshold: not with --layer-sampling (each layer's sum runs over the clients that sampled "
              "it, with the safe default threshold for their number)")
 
+    def _check_privacy(self, need: Callable[[bool, str], None], explicit: set[str]) -> None:
+        """DP at the source (the statistics) and distributed noise (the vote sums)."""
         # differential privacy at the source: the clients' statistics
         if self.dp == "none":
             for name in ("dp_epsilon", "dp_unit"):
@@ -307,6 +321,8 @@ class PruneConfig:
             need(0 < self.dp_delta < 1, f"--dp-delta must lie in (0, 1), got {self.dp_delta}")
             need(not self.scaling, "--scaling: not with --dp-noise (scale factors need exact vote counts in [0, m])")
 
+    def _check_algorithm(self, need: Callable[[bool, str], None], explicit: set[str]) -> None:
+        """Each algorithm's own options; resolves the auto method and comparison group."""
         if self.algorithm == "fedspallm":  # clients send SparseGPT-updated weights for Eq. 5 (FedSpaLLM Sec. 5)
             need(self.method in ("auto", "sparsegpt"),
                  f"--method {self.method}: --algorithm fedspallm runs SparseGPT with its OBS update at the clients "
@@ -339,6 +355,8 @@ class PruneConfig:
             self.sparsegpt_update = bool(self.sparsegpt_update)
             self.local_group = "row" if self.local_group == "auto" else self.local_group
 
+    def _check_reference(self, need: Callable[[bool, str], None], explicit: set[str]) -> None:
+        """--numerics reference: upstream's own protocol."""
         if self.numerics == "reference":  # upstream's own protocol (locuslab/wanda, Pengxin-Guo/FedPrLLM)
             need(self.algorithm == "fedprllm" and self.method == "wanda",
                  f"--numerics reference: reproduces upstream Wanda/FedPrLLM; got --algorithm {self.algorithm} "
@@ -353,7 +371,8 @@ class PruneConfig:
                  f"--batch-size {self.batch_size}: --numerics reference runs one window per forward, as upstream")
             self.batch_size = 1
 
-        # FedSpaLLM
+    def _check_fedspallm(self, need: Callable[[bool, str], None], explicit: set[str]) -> None:
+        """FedSpaLLM's rounds, fixed point and resources."""
         need(self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}")
         need(1 <= self.fixed_point_bits <= 40, f"--fixed-point-bits must lie in [1, 40], got {self.fixed_point_bits}")
         need(self.fixed_point_bits == 16 or self.secure_agg != "none",
@@ -363,7 +382,6 @@ class PruneConfig:
         need(not self.resources or self.layer_sampling, "--resources: only used with --layer-sampling")
         need(len(self.resources) in (0, 1, self.clients),
              f"--resources: expected 1 value or one per client ({self.clients}), got {len(self.resources)}")
-        return self
 
     def to_dict(self) -> dict:
         return asdict(self)
