@@ -259,8 +259,9 @@ def cmd_serve(args: argparse.Namespace, config_from_args, emit) -> int:
     summary = out / "summary.json"
     s = json.loads(summary.read_text()) if summary.is_file() else {}
     if code != 0 or s.get("run_tag") != tag:
-        print(f"secprune: error: the Flower run failed (flwr exit code {code}); no new output in {out}",
-              file=sys.stderr)
+        why = (f"`flwr run` exited with code {code}" if code else "the ServerApp wrote no result (`flwr run` "
+               "exits 0 whatever the ServerApp's own status; its log above says why)")
+        print(f"secprune: error: the Flower run failed: {why}; no new output in {out}", file=sys.stderr)
         return 1
     emit({"out": str(out), "engine": "flower-simulation" if args.simulation else "flower",
           "mask_sparsity": s["sparsity"]["mask"], "results": s["results"], "time_s": s["time_s"]})
