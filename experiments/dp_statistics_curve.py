@@ -4,7 +4,8 @@ Every point is one complete `secprune prune` run: FedPrLLM one-shot Wanda, ``--c
 ``--per-client`` windows each of ``--calib`` (their domain), evaluated on held-out text of that corpus
 (in-domain) and on ``--other`` (another corpus). Two baselines: the non-private run, and pruning with public
 data only (``--public``, a corpus the clients do not hold, same number of windows, no noise). A private run is
-worth its cost only where it beats public-only in-domain.
+worth its cost only where it beats public-only in-domain; magnitude pruning (no data at all) is what a
+statistic drowned in noise degrades towards.
 
 Usage:
     python -m secprune.experiments.dp_statistics_curve --out runs/dp_stats [--epsilons 1 2 4 8 16]
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args.calib_eval = args.calib
     out = Path(args.out) / f"{args.model}-{args.clients}x{args.per_client}x{args.seqlen}"
     rows = [{"point": "non-private", **run_point(out / "non-private", args)},
-            {"point": f"public-only ({args.public})", **run_point(out / "public-only", args, calib=args.public)}]
+            {"point": f"public-only ({args.public})", **run_point(out / "public-only", args, calib=args.public)},
+            {"point": "magnitude (no data)", **run_point(out / "magnitude", args, method="magnitude")}]
     for unit in args.units:
         for eps in args.epsilons:
             rows.append({"point": f"eps={eps:g} per {unit}", "epsilon": eps, "unit": unit,

@@ -89,6 +89,9 @@ def test_released_noise_has_the_planned_standard_deviation():
     assert priv.multipliers == [pytest.approx(sigma)]
     assert (out["a"] - raw["a"]).std().item() == pytest.approx(sigma, rel=0.01)
     assert priv.budget.releases == 2
+    quiet = Private(Wanda(), epsilon=4, delta=1e-5, generator=gen).release({"z": torch.zeros(1, 1000,
+                                                                                          dtype=torch.float64)})
+    assert quiet["z"].min().item() == pytest.approx(sigma / 2)  # 1 visit x 1 statistic: half the multiplier
 
 
 def test_hessian_noise_is_symmetric_and_the_release_psd():
