@@ -222,9 +222,9 @@ def test_audits_of_the_noisy_statistic_never_certify_more_than_the_guarantee(eps
 
 def test_the_audit_catches_a_mechanism_with_too_little_noise(monkeypatch):
     """Control: noise one tenth of what epsilon 1 needs; the one-run bound must then exceed the claimed 1."""
-    import secprune.methods.private as private
+    import secprune.dp_stats as dp_stats
     from secprune.audits.statistic_audit import one_run_audit
 
-    real = private.gaussian_noise
-    monkeypatch.setattr(private, "gaussian_noise", lambda shape, *, std, **kw: real(shape, std=std / 10, **kw))
+    real = dp_stats.sigma_for_epsilon  # a mechanism that believes one tenth of the noise is enough
+    monkeypatch.setattr(dp_stats, "sigma_for_epsilon", lambda **kw: real(**kw) / 10)
     assert one_run_audit(epsilon=1.0, canaries=4000)["eps_lower_bound"] > 1.0
