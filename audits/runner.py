@@ -591,9 +591,9 @@ def inputs_from_run(run_dir: Path, budget: AuditBudget, *, eval_windows: int | N
     mask_path = run_dir / "private" / "client_masks.safetensors"
     if not mask_path.is_file():
         raise UsageError(f"--run: {run_dir} kept no client masks; rerun `secprune prune` with --save-client-masks")
-    from secprune.run_common import REDACTED
+    from secprune.run_common import redacted_paths
 
-    recorded = [REDACTED.format(i=i, n=len(cfg.client_data)) for i in range(len(cfg.client_data))]
+    recorded = redacted_paths(len(cfg.client_data))
     kept = run_dir / "private" / "calibration.pt"  # --keep-calibration: the windows themselves, owner-only
     if cfg.client_data and cfg.client_data == recorded and not client_data and not kept.is_file():
         raise UsageError(f"--client-data: the run calibrated on {len(cfg.client_data)} clients' own files and keeps "

@@ -21,6 +21,7 @@ import torch
 
 from secprune.audits.epsilon import empirical_epsilon
 from secprune.audits.one_run import audit as one_run
+from secprune.dp_stats import Budget
 from secprune.methods import Wanda
 from secprune.methods.private import Private
 
@@ -32,9 +33,11 @@ def _windows(features: np.ndarray, d: int) -> torch.Tensor:
     return x
 
 
-def release(windows: torch.Tensor, *, epsilon: float, delta: float, generator: torch.Generator) -> torch.Tensor:
-    """One (epsilon, delta)-DP release of the statistic of ``windows`` (B, tokens, d), by the product's code."""
-    priv = Private(Wanda(), epsilon=epsilon, delta=delta, visits=1, generator=generator)
+def release(windows: torch.Tensor, *, epsilon: float, delta: float, generator: torch.Generator,
+            total: float = 0.0) -> torch.Tensor:
+    """One (epsilon, delta)-DP release of the statistic of ``windows`` (B, tokens, d), by the product's code
+    (``total``: the budget's precision when the caller already calibrated it, see :class:`Budget`)."""
+    priv = Private(Wanda(), epsilon=epsilon, delta=delta, visits=1, generator=generator, total=total)
     stats = priv.new_stats(n_clients=1, in_features=windows.shape[-1], device=torch.device("cpu"))
     if len(windows):
         priv.accumulate(stats, windows, torch.zeros(len(windows), dtype=torch.long))
@@ -48,10 +51,11 @@ def trial_audit(*, epsilon: float, delta: float = 1e-5, trials: int = 4000, back
     rng = np.random.default_rng(seed)
     base = _windows(rng.integers(1, d, background), d)  # background windows never touch feature 0
     canary = _windows(np.array([0]), d)
+    total = Budget(epsilon=epsilon, delta=delta, visits=1).total  # calibrated once, not per trial
     scores = {True: [], False: []}
     for member in (True, False):
         data = torch.cat([base, canary]) if member else base
-        scores[member] = [float(release(data, epsilon=epsilon, delta=delta, generator=gen)[0])
+        scores[member] = [float(release(data, epsilon=epsilon, delta=delta, generator=gen, total=total)[0])
                           for _ in range(trials)]
     res = empirical_epsilon(scores[True], scores[False], alpha=alpha, delta=delta, seed=seed)
     return {"epsilon": epsilon, "delta": delta, "trials": trials, "eps_lower_bound": res["eps_lower_bound"],

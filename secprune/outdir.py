@@ -47,6 +47,9 @@ def canonical_safetensors(path: Path) -> None:
         ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | dict(sorted(header.items()))
         text = json.dumps(ordered, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)
+        src.seek(0)
+        if src.read(8 + n) == len(text).to_bytes(8, "little") + text:
+            return  # already canonical: no rewrite (a model shard is gigabytes)
         tmp = path.with_name(f".{path.name}.canon-{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as dst:  # the original's mode: an owner-only file stays owner-only

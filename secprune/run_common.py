@@ -56,15 +56,16 @@ def common_summary(cfg: PruneConfig, prep: Prepared) -> dict:
             "evaluation": describe_evals(prep.evals)}
 
 
-REDACTED = "<client file {i} of {n}: path not recorded>"
+def redacted_paths(n: int) -> list[str]:
+    """What ``summary.json`` keeps of ``n`` clients' file paths."""
+    return [f"<client file {i} of {n}: path not recorded>" for i in range(n)]
 
 
 def public_config(cfg: PruneConfig) -> dict:
     """The run's configuration as ``summary.json`` keeps it: the clients' file paths (names and folders can say
     whose text it is) become placeholders; `secprune audit --run` asks for the files again."""
     d = cfg.to_dict()
-    n = len(d["client_data"])
-    d["client_data"] = [REDACTED.format(i=i, n=n) for i in range(n)]
+    d["client_data"] = redacted_paths(len(d["client_data"]))
     return d
 
 

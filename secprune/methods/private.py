@@ -96,35 +96,33 @@ class Private(Method):
         for i, st in state.get("clients", {}).items():
             self.for_client(int(i)).load_state(st)
 
+    def _statement(self) -> dict:
+        """What is guaranteed, as configured (both :meth:`planned` and :meth:`guarantee` start from it)."""
+        b = self.budget
+        window = self.unit == "window"
+        return {"mechanism": "gaussian noise on the calibration statistics (at the client, before any mask)",
+                "unit": self.unit,
+                "adjacency": "add or remove one window" if window else "any two datasets of one client",
+                "epsilon": b.epsilon, "delta": b.delta, "accountant": ACCOUNTANT,
+                "clip": "each window's contribution normalized to L2 norm 1" if window
+                else "the client's statistic normalized to L2 norm 1",
+                "sensitivity": self.sensitivity, "data_free": not self.needs_data}
+
     def planned(self) -> dict:
         """The guarantee as configured, for a party that releases nothing itself (the Flower server)."""
-        b = self.budget
-        return {"mechanism": "gaussian noise on the calibration statistics (at the client, before any mask)",
-                "unit": self.unit, "epsilon": b.epsilon, "delta": b.delta, "accountant": ACCOUNTANT,
-                "sensitivity": self.sensitivity, "data_free": not self.needs_data,
-                "enforced_by": "each ClientApp: it adds its own noise and keeps its own budget in its state "
-                               "folder; the server never sees a raw statistic"}
+        return self._statement() | {"enforced_by": "each ClientApp: it adds its own noise and keeps its own budget "
+                                                   "in its state folder; the server never sees a raw statistic"}
 
     def guarantee(self) -> dict:
         """What ``summary.json`` states: the guarantee per client and unit, and the most any client spent."""
         parties = list(self.clients.values()) or [self]
         most = max(parties, key=lambda p: p.budget.spent)
-        b = self.budget
-        return {"mechanism": "gaussian noise on the calibration statistics (at the client, before any mask)",
-                "unit": self.unit, "adjacency": "add or remove one window" if self.unit == "window"
-                else "any two datasets of one client",
-                "epsilon": b.epsilon, "delta": b.delta, "per": "client (each client's own data; parallel "
-                                                                  "composition across clients)",
-                "epsilon_spent_max": round(most.budget.epsilon_spent(), 6),
-                "epsilon_spent_max_pld": round(most.budget.pld_epsilon_spent(), 6),
-                "accountant": ACCOUNTANT,
-                "clip": "each window's contribution normalized to L2 norm 1" if self.unit == "window"
-                else "the client's statistic normalized to L2 norm 1",
-                "sensitivity": self.sensitivity,
-                "noise_multipliers": sorted({round(m, 6) for p in parties for m in p.multipliers}),
-                "releases_max": max(p.budget.releases for p in parties), "visits_planned": b.visits,
-                "data_free": not self.needs_data}
-
+        return self._statement() | {
+            "per": "client (each client's own data; parallel composition across clients)",
+            "epsilon_spent_max": round(most.budget.epsilon_spent(), 6),
+            "epsilon_spent_max_pld": round(most.budget.pld_epsilon_spent(), 6),
+            "noise_multipliers": sorted({round(m, 6) for p in parties for m in p.multipliers}),
+            "releases_max": max(p.budget.releases for p in parties), "visits_planned": self.budget.visits}
 
 def private_from_config(method: Method, cfg) -> Method:
     """``method`` as a validated :class:`~secprune.config.PruneConfig` asks: private with ``--dp statistics``."""
